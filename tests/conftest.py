@@ -1,0 +1,125 @@
+"""Shared test worlds: a temp landing zone, a temp DuckDB file, real jobs and real dbt."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from python_jobs.config import ENV_DUCKDB_PATH, ENV_LANDING_DIR, PROJECT_DIR, Settings
+
+sys.path.insert(0, str(PROJECT_DIR / "bench"))
+import generate_data  # noqa: E402
+
+SAMPLE_LANDING = PROJECT_DIR / "data" / "raw"
+# A handful of real sample documents keeps the small world's corpus realistic.
+SMALL_WORLD_DOCS = (
+    "faq/faq-brightwater-variable-temp-kettle.md",
+    "faq/faq-price-match.md",
+)
+
+
+@dataclass
+class Workspace:
+    """One isolated pipeline: its own landing zone, warehouse and dbt target dir."""
+
+    root: Path
+
+    @property
+    def landing(self) -> Path:
+        return self.root / "landing"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "warehouse.duckdb"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            ENV_LANDING_DIR: str(self.landing),
+            ENV_DUCKDB_PATH: str(self.warehouse),
+            "DBT_PROFILES_DIR": str(PROJECT_DIR),
+            "HF_HUB_OFFLINE": "1",
+        }
+
+    def settings(self) -> Settings:
+        return Settings.load(env={ENV_LANDING_DIR: str(self.landing), ENV_DUCKDB_PATH: str(self.warehouse)})
+
+    def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            list(args), cwd=PROJECT_DIR, env=self.env, capture_output=True, text=True, timeout=600
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def ingest(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return self.run(sys.executable, "-m", "python_jobs.ingest", *args, check=check)
+
+    def dbt(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        dbt = str(Path(sys.executable).with_name("dbt"))
+        target = self.root / "target"
+        return self.run(
+            dbt, *args, "--target-path", str(target), "--log-path", str(self.root / "logs"), check=check
+        )
+
+    def query(self, sql: str) -> list[tuple]:
+        with duckdb.connect(str(self.warehouse), read_only=True) as con:
+            return con.execute(sql).fetchall()
+
+    def execute(self, sql: str) -> None:
+        with duckdb.connect(str(self.warehouse)) as con:
+            con.execute(sql)
+
+    def copy(self, destination: Path) -> Workspace:
+        """A clone of this workspace (landing zone and warehouse) to break without side effects."""
+        shutil.copytree(self.root, destination, ignore=shutil.ignore_patterns("logs"))
+        return Workspace(destination)
+
+
+def write_small_landing(landing: Path, seed: int = 7) -> None:
+    """30 customers, the 100 catalog products, 400 transactions and two real documents."""
+    rng = random.Random(seed)
+    products = generate_data.build_products(rng, 100)
+    customers = generate_data.build_customers(rng, 30)
+    transactions = generate_data.build_transactions(rng, 400, customers, products)
+    shop = landing / "shop"
+    generate_data.write_jsonl(shop / "products.jsonl", products)
+    generate_data.write_csv(shop / "customers.csv", generate_data.CUSTOMER_COLUMNS, customers)
+    generate_data.write_transactions(shop, transactions)
+    for doc in SMALL_WORLD_DOCS:
+        target = landing / "docs" / doc
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SAMPLE_LANDING / "docs" / doc, target)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    """An empty workspace with a small landing zone written, nothing ingested yet."""
+    ws = Workspace(tmp_path / "ws")
+    write_small_landing(ws.landing)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def built_world(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A small world ingested and built once with dbt; tests clone it before changing it."""
+    ws = Workspace(tmp_path_factory.mktemp("built") / "ws")
+    write_small_landing(ws.landing)
+    ws.ingest(check=True)
+    ws.dbt("build", check=True)
+    return ws
+
+
+@pytest.fixture
+def world(built_world: Workspace, tmp_path: Path) -> Workspace:
+    """A private copy of the built world."""
+    return built_world.copy(tmp_path / "world")

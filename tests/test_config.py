@@ -1,0 +1,39 @@
+"""One configuration, read from dbt_project.yml, overridable by the environment."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from python_jobs.config import PROJECT_DIR, Settings
+from python_jobs.errors import ConfigError
+
+
+def test_defaults_come_from_the_dbt_project_vars():
+    settings = Settings.load(env={})
+    assert settings.landing_dir == PROJECT_DIR / "data" / "raw"
+    assert settings.warehouse_path == PROJECT_DIR / "data" / "warehouse" / "retrieval.duckdb"
+    assert settings.ingest.max_document_bytes == 5_000_000
+
+
+def test_environment_overrides_paths(tmp_path):
+    settings = Settings.load(env={"RP_LANDING_DIR": str(tmp_path / "in"), "RP_DUCKDB_PATH": "rel/w.duckdb"})
+    assert settings.landing_dir == tmp_path / "in"
+    assert settings.warehouse_path == PROJECT_DIR / "rel" / "w.duckdb"
+    assert settings.dbt_env()["RP_DUCKDB_PATH"] == str(PROJECT_DIR / "rel" / "w.duckdb")
+
+
+def test_invalid_setting_is_named(tmp_path):
+    shutil.copy(PROJECT_DIR / "dbt_project.yml", tmp_path / "dbt_project.yml")
+    text = (tmp_path / "dbt_project.yml").read_text(encoding="utf-8")
+    (tmp_path / "dbt_project.yml").write_text(
+        text.replace("max_document_bytes: 5000000", "max_document_bytes: lots"), encoding="utf-8")
+
+    with pytest.raises(ConfigError, match=r"vars.ingest in .*dbt_project.yml is invalid"):
+        Settings.load(project_dir=tmp_path, env={})
+
+
+def test_missing_project_file_says_where_to_run_from(tmp_path):
+    with pytest.raises(ConfigError, match="run the jobs from the repository root"):
+        Settings.load(project_dir=tmp_path, env={})
