@@ -16,7 +16,7 @@ import pytest
 from python_jobs.config import ENV_DUCKDB_PATH, ENV_LANDING_DIR, PROJECT_DIR, Settings
 
 sys.path.insert(0, str(PROJECT_DIR / "bench"))
-import generate_data  # noqa: E402
+import generate_data
 
 SAMPLE_LANDING = PROJECT_DIR / "data" / "raw"
 # A handful of real sample documents keeps the small world's corpus realistic.
@@ -54,9 +54,7 @@ class Workspace:
         return Settings.load(env={ENV_LANDING_DIR: str(self.landing), ENV_DUCKDB_PATH: str(self.warehouse)})
 
     def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            list(args), cwd=PROJECT_DIR, env=self.env, capture_output=True, text=True, timeout=600
-        )
+        result = subprocess.run(list(args), cwd=PROJECT_DIR, env=self.env, capture_output=True, text=True, timeout=600)
         if check and result.returncode != 0:
             raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
         return result
@@ -67,9 +65,7 @@ class Workspace:
     def dbt(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         dbt = str(Path(sys.executable).with_name("dbt"))
         target = self.root / "target"
-        return self.run(
-            dbt, *args, "--target-path", str(target), "--log-path", str(self.root / "logs"), check=check
-        )
+        return self.run(dbt, *args, "--target-path", str(target), "--log-path", str(self.root / "logs"), check=check)
 
     def query(self, sql: str) -> list[tuple]:
         with duckdb.connect(str(self.warehouse), read_only=True) as con:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from dbt_results import names_starting_with, results_by_status
@@ -19,10 +19,20 @@ def append_csv_row(path, row: dict) -> None:
 
 
 def transaction(**overrides) -> dict:
-    row = {"transaction_id": "T900000001", "customer_id": "C0000001", "product_sku": "KIT-KTL-110",
-           "quantity": "1", "unit_price": "79.00", "discount": "0.00", "amount": "79.00", "currency": "USD",
-           "status": "completed", "channel": "web", "ordered_at": "2026-11-01 10:00:00",
-           "updated_at": "2026-11-01 10:00:00"}
+    row = {
+        "transaction_id": "T900000001",
+        "customer_id": "C0000001",
+        "product_sku": "KIT-KTL-110",
+        "quantity": "1",
+        "unit_price": "79.00",
+        "discount": "0.00",
+        "amount": "79.00",
+        "currency": "USD",
+        "status": "completed",
+        "channel": "web",
+        "ordered_at": "2026-11-01 10:00:00",
+        "updated_at": "2026-11-01 10:00:00",
+    }
     return {**row, **overrides}
 
 
@@ -34,9 +44,18 @@ def duplicate_customer(landing):
 
 def null_product_key(landing):
     path = landing / "shop" / "products.jsonl"
-    product = {"sku": None, "name": "Mystery Box", "brand": "Brightwater", "category": "Kitchen",
-               "subcategory": "Gadgets", "list_price": "$10.00", "currency": "USD", "status": "active",
-               "launched_on": "2025-01-01", "updated_at": "2025-01-01 00:00:00"}
+    product = {
+        "sku": None,
+        "name": "Mystery Box",
+        "brand": "Brightwater",
+        "category": "Kitchen",
+        "subcategory": "Gadgets",
+        "list_price": "$10.00",
+        "currency": "USD",
+        "status": "active",
+        "launched_on": "2025-01-01",
+        "updated_at": "2025-01-01 00:00:00",
+    }
     path.write_text(path.read_text(encoding="utf-8") + json.dumps(product) + "\n", encoding="utf-8")
 
 
@@ -63,8 +82,7 @@ MART_ORDER = {"customers": "customer_id", "products": "product_sku", "transactio
     ],
     ids=["duplicate customer id", "null product key", "unknown customer", "out-of-range amount"],
 )
-def test_bad_key_or_value_fails_the_build_and_keeps_published_marts(world, break_landing, failing_test,
-                                                                     protected_mart):
+def test_bad_key_or_value_fails_the_build_and_keeps_published_marts(world, break_landing, failing_test, protected_mart):
     published = world.query(f"select * from core.{protected_mart} order by {MART_ORDER[protected_mart]}")
     break_landing(world.landing)
     world.ingest(check=True)
@@ -84,8 +102,7 @@ def test_failing_rows_are_kept_for_inspection(world):
     world.ingest(check=True)
     world.dbt("build")
 
-    (duplicated,) = world.query(
-        "select unique_field from test_failures.unique_stg_shop__customers_customer_id")[0]
+    (duplicated,) = world.query("select unique_field from test_failures.unique_stg_shop__customers_customer_id")[0]
     assert duplicated == "C0000001"
 
 
@@ -103,7 +120,7 @@ def test_quarantined_record_surfaces_as_a_warning_in_the_build(world):
 
 def test_stale_source_fails_freshness_and_names_the_source(world):
     assert world.dbt("source", "freshness").returncode == 0
-    three_days_ago = (datetime.now(timezone.utc) - timedelta(days=3)).isoformat()
+    three_days_ago = (datetime.now(UTC) - timedelta(days=3)).isoformat()
     world.execute(f"update raw.shop_customers set _loaded_at = '{three_days_ago}'")
 
     freshness = world.dbt("source", "freshness")

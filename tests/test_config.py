@@ -28,7 +28,8 @@ def test_invalid_setting_is_named(tmp_path):
     shutil.copy(PROJECT_DIR / "dbt_project.yml", tmp_path / "dbt_project.yml")
     text = (tmp_path / "dbt_project.yml").read_text(encoding="utf-8")
     (tmp_path / "dbt_project.yml").write_text(
-        text.replace("max_document_bytes: 5000000", "max_document_bytes: lots"), encoding="utf-8")
+        text.replace("max_document_bytes: 5000000", "max_document_bytes: lots"), encoding="utf-8"
+    )
 
     with pytest.raises(ConfigError, match=r"vars.ingest in .*dbt_project.yml is invalid"):
         Settings.load(project_dir=tmp_path, env={})

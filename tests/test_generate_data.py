@@ -18,13 +18,19 @@ SMALL = ("--docs", "40", "--customers", "60", "--products", "120", "--transactio
 def generate(out, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "bench/generate_data.py", "--out", str(out), *args],
-        cwd=PROJECT_DIR, capture_output=True, text=True, check=True,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
     )
 
 
 def tree_digest(root) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_writes_identical_files_and_another_seed_does_not(tmp_path):
@@ -39,8 +45,12 @@ def test_same_seed_writes_identical_files_and_another_seed_does_not(tmp_path):
 def test_generated_documents_vary_in_wording_and_shape(tmp_path):
     generate(tmp_path / "g", *SMALL)
     docs = sorted((tmp_path / "g" / "docs").rglob("*.md"))
-    paragraphs = [block for doc in docs for block in doc.read_text(encoding="utf-8").split("\n\n")
-                  if block and not block.startswith(("#", "---", "1.", "## Legal notice"))]
+    paragraphs = [
+        block
+        for doc in docs
+        for block in doc.read_text(encoding="utf-8").split("\n\n")
+        if block and not block.startswith(("#", "---", "1.", "## Legal notice"))
+    ]
     section_counts = {len(re.findall(r"^## ", d.read_text(encoding="utf-8"), re.MULTILINE)) for d in docs}
 
     assert len(docs) == 40

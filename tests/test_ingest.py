@@ -24,7 +24,10 @@ def test_first_load_lands_every_row_with_load_metadata(workspace):
 
     assert summary.status == "success"
     assert raw_counts(workspace) == {
-        "shop_customers": 30, "shop_products": 100, "shop_transactions": 400, "docs_documents": 2,
+        "shop_customers": 30,
+        "shop_products": 100,
+        "shop_transactions": 400,
+        "docs_documents": 2,
     }
     files, lines, hashes, loaded = workspace.query(
         "select count(distinct _source_file), min(_source_line), count(distinct _record_hash), "
@@ -125,8 +128,10 @@ def test_bad_json_line_and_front_matter_problems_are_quarantined(workspace):
     (docs / "bad-yaml.md").write_text("---\ndoc_id: [unclosed\n---\n# T\n\nBody\n", encoding="utf-8")
     (docs / "missing-keys.md").write_text("---\ndoc_id: x\n---\n# T\n\nBody\n", encoding="utf-8")
     (docs / "empty.md").write_text("", encoding="utf-8")
-    (docs / "no-body.md").write_text("---\ndoc_id: nb\ntitle: T\ndoc_type: faq\naccess_level: public\n"
-                                     "updated_at: 2026-01-01\n---\n\n", encoding="utf-8")
+    (docs / "no-body.md").write_text(
+        "---\ndoc_id: nb\ntitle: T\ndoc_type: faq\naccess_level: public\nupdated_at: 2026-01-01\n---\n\n",
+        encoding="utf-8",
+    )
 
     ingest(workspace.settings(), quiet=True)
 
@@ -170,7 +175,8 @@ def test_unreadable_files_fail_the_run_and_keep_the_last_good_load(workspace):
     ingest(workspace.settings(), quiet=True)
     before = raw_counts(workspace)
     (workspace.landing / "shop" / "customers.csv").write_bytes(
-        "customer_id,first_name\nC1,Ren\xe9e\n".encode("latin-1"))
+        "customer_id,first_name\nC1,Ren\xe9e\n".encode("latin-1")
+    )
     (workspace.landing / "shop" / "transactions" / "transactions_2027_01.csv").write_bytes(b"")
 
     result = workspace.ingest()
@@ -213,10 +219,15 @@ def test_other_encoding_loads_when_asked_for(workspace):
 def test_locked_warehouse_gives_a_clear_message_not_a_traceback(workspace):
     ingest(workspace.settings(), quiet=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
-         str(workspace.warehouse)],
-        stdout=subprocess.PIPE, text=True, cwd=PROJECT_DIR,
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+            str(workspace.warehouse),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=PROJECT_DIR,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -234,7 +245,10 @@ def test_locked_warehouse_gives_a_clear_message_not_a_traceback(workspace):
 def test_missing_landing_directory_is_named(workspace, tmp_path):
     env_landing = tmp_path / "nowhere"
     result = subprocess.run(
-        [sys.executable, "-m", "python_jobs.ingest"], cwd=PROJECT_DIR, capture_output=True, text=True,
+        [sys.executable, "-m", "python_jobs.ingest"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
         env={**workspace.env, "RP_LANDING_DIR": str(env_landing)},
     )
     assert result.returncode == 1

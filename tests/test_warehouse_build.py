@@ -21,9 +21,11 @@ def test_sample_data_builds_green_and_is_fresh_after_ingest(tmp_path):
     assert build.returncode == 0, build.stdout[-3000:]
     statuses = results_by_status(ws.root / "target")
     assert not statuses.get("fail") and not statuses.get("error")
-    assert {"test_customer_lifetime_spend_counts_completed_orders_only",
-            "test_transaction_amounts_and_labels_are_parsed",
-            "test_customer_contact_fields_are_normalized"} <= statuses["pass"]
+    assert {
+        "test_customer_lifetime_spend_counts_completed_orders_only",
+        "test_transaction_amounts_and_labels_are_parsed",
+        "test_customer_contact_fields_are_normalized",
+    } <= statuses["pass"]
     assert freshness.returncode == 0, freshness.stdout[-3000:]
     assert "PASS freshness of shop.customers" in freshness.stdout
     counts = ws.query(
@@ -38,17 +40,29 @@ def test_marts_publish_cleaned_values(built_world):
     emails = built_world.query("select email from core.customers")
     assert all(e == e.strip().lower() for (e,) in emails)
     (bad_amounts,) = built_world.query(
-        "select count(*) from core.transactions where amount is null or unit_price is null")[0]
+        "select count(*) from core.transactions where amount is null or unit_price is null"
+    )[0]
     assert bad_amounts == 0
     assert built_world.query("select distinct currency from core.transactions") == [("USD",)]
     categories = {c for (c,) in built_world.query("select distinct category_name from core.products")}
-    assert categories == {"Kitchen", "Smart Home", "Cleaning", "Climate", "Outdoor", "Audio", "Networking",
-                          "Laundry and Care"}
+    assert categories == {
+        "Kitchen",
+        "Smart Home",
+        "Cleaning",
+        "Climate",
+        "Outdoor",
+        "Audio",
+        "Networking",
+        "Laundry and Care",
+    }
 
 
 def test_marts_carry_descriptions_into_the_warehouse(built_world):
-    comments = dict(built_world.query(
-        "select column_name, comment from duckdb_columns() where schema_name = 'core' and table_name = 'customers'"))
+    comments = dict(
+        built_world.query(
+            "select column_name, comment from duckdb_columns() where schema_name = 'core' and table_name = 'customers'"
+        )
+    )
     assert comments["lifetime_spend"] == "Sum of completed order amounts, in USD."
 
 
