@@ -26,9 +26,10 @@ export RP_DUCKDB_PATH := $(abspath $(WAREHOUSE))
 endif
 
 DBT := $(BIN)/dbt
+WAREHOUSE_DIR := $(dir $(or $(RP_DUCKDB_PATH),data/warehouse/retrieval.duckdb))
 JOB := $(BIN)/python -m python_jobs
 
-.PHONY: help setup data ingest build freshness docs docs-generate demo test lint format clean distclean
+.PHONY: help setup data ingest build freshness docs docs-generate demo bench test lint format clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,9 +50,11 @@ ingest: $(STAMP) ## Land new and changed files into the raw schema
 	$(JOB).ingest $(ARGS)
 
 build: $(STAMP) ## dbt build: seeds, models and tests
+	@mkdir -p $(WAREHOUSE_DIR)
 	$(DBT) build $(ARGS)
 
 freshness: $(STAMP) ## Check source freshness against the SLAs
+	@mkdir -p $(WAREHOUSE_DIR)
 	$(DBT) source freshness $(ARGS)
 
 docs-generate: $(STAMP)
@@ -66,6 +69,9 @@ demo: $(STAMP) ## Run the whole pipeline on the shipped sample data
 	$(DBT) build
 	$(DBT) source freshness
 	@echo "Demo complete: warehouse at $${RP_DUCKDB_PATH:-data/warehouse/retrieval.duckdb}; 'make docs' shows the lineage."
+
+bench: $(STAMP) ## Benchmarks on generated data, figures printed: make bench SCALE=100000
+	$(BIN)/python bench/bench_warehouse.py --scale $(SCALE) $(ARGS)
 
 test: $(STAMP) ## Run the full test suite
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
 import re
@@ -399,11 +400,12 @@ def build_transactions(
 ) -> list[dict]:
     # A few loyal customers buy a lot, and some who signed up never buy, as in any real shop.
     customer_weights = [0.0 if rng.random() < 0.08 else rng.paretovariate(1.3) for _ in customers]
+    cumulative = list(itertools.accumulate(customer_weights))  # bisect per draw, not a sum
     prices = {p["sku"]: _plain_price(p["list_price"]) for p in products}
     skus = list(prices)
     rows = []
     for n in range(first_id, first_id + count):
-        customer = rng.choices(customers, weights=customer_weights)[0]
+        customer = rng.choices(customers, cum_weights=cumulative)[0]
         sku = rng.choice(skus)
         quantity = rng.choices((1, 2, 3, 4), weights=(80, 14, 4, 2))[0]
         unit_price = prices[sku]
