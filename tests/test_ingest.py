@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 import duckdb
+import pytest
 
 from python_jobs.config import PROJECT_DIR
+from python_jobs.errors import LandingFileError
 from python_jobs.ingest import ingest
 
 RAW_TABLES = ("shop_customers", "shop_products", "shop_transactions", "docs_documents")
@@ -263,3 +265,31 @@ def test_json_summary_is_machine_readable(workspace):
     assert summary["per_table"]["shop_transactions"]["loaded"] == 400
     with duckdb.connect(str(workspace.warehouse), read_only=True) as con:
         assert con.execute("select count(*) from raw._ingest_runs where status = 'success'").fetchone()[0] == 1
+
+
+def test_bad_file_in_a_late_batch_rolls_back_the_batches_before_it(workspace):
+    ingest(workspace.settings(), quiet=True)
+    before = workspace.query("select _record_hash from raw.shop_transactions order by all")
+    months = sorted((workspace.landing / "shop" / "transactions").glob("*.csv"))
+    for month in months[:-1]:  # change every month file, so each lands in its own batch...
+        month.write_text(month.read_text(encoding="utf-8").replace("web", "store"), encoding="utf-8")
+    months[-1].write_bytes(b"\xff\xfe broken")  # ...and the last one cannot be read
+
+    with pytest.raises(LandingFileError, match=months[-1].name):
+        ingest(workspace.settings(), quiet=True, batch_files=1)
+
+    assert workspace.query("select _record_hash from raw.shop_transactions order by all") == before
+
+
+def test_reloaded_file_keeps_its_first_load_time(workspace):
+    ingest(workspace.settings(), quiet=True)
+    first = workspace.query("select first_loaded_at from raw._landing_files where source_file = 'shop/customers.csv'")
+    customers = workspace.landing / "shop" / "customers.csv"
+    new_customer = "C0000999,Ada,Byron,ada@example.com,5550100,Boston,MA,US,consumer,2024-01-01,2025-01-01 00:00:00\n"
+    customers.write_text(customers.read_text(encoding="utf-8") + new_customer, encoding="utf-8")
+
+    assert ingest(workspace.settings(), quiet=True).files_changed == 1
+    first_again, loaded = workspace.query(
+        "select first_loaded_at, loaded_at from raw._landing_files where source_file = 'shop/customers.csv'"
+    )[0]
+    assert first_again == first[0][0] < loaded
