@@ -21,8 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 import uuid
 from collections.abc import Iterable
@@ -186,27 +184,21 @@ def plan_files(
     return plan
 
 
-def _record_hash(values: list[str | None]) -> str:
-    return hashlib.sha256(json.dumps(values, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
-
-
 def rows_to_arrow(
     source: LandingSource, state: FileState, parsed: ParsedFile, loaded_at: datetime, run_id: str
 ) -> pa.Table:
     columns: dict[str, list] = {c: [] for c in source.columns}
-    lines, hashes = [], []
+    lines = []
     for line, values in parsed.rows:
         for name, value in zip(source.columns, values, strict=True):
             columns[name].append(value)
         lines.append(line)
-        hashes.append(_record_hash(values))
     n = len(lines)
     data = {name: pa.array(values, pa.string()) for name, values in columns.items()}
     data.update(
         {
             "_source_file": pa.array([state.path] * n, pa.string()),
             "_source_line": pa.array(lines, pa.int32()),
-            "_record_hash": pa.array(hashes, pa.string()),
             "_file_hash": pa.array([state.file_hash] * n, pa.string()),
             "_loaded_at": pa.array([loaded_at] * n, pa.timestamp("us", tz="UTC")),
             "_ingest_run_id": pa.array([run_id] * n, pa.string()),
@@ -224,6 +216,7 @@ def ingest(
     allow_source_removal: bool = False,
     quiet: bool = False,
     batch_files: int = 2_000,
+    batch_bytes: int = 32 * 2**20,
 ) -> IngestSummary:
     """Bring the raw schema up to date with the landing zone; see the module docstring."""
     started = time.perf_counter()
@@ -248,7 +241,7 @@ def ingest(
             summary.files_new, summary.files_changed = len(plan.new), len(plan.changed)
             summary.files_removed, summary.files_unchanged = len(plan.removed), plan.unchanged
             loader = _Loader(con, settings, summary, started_at, encoding or settings.ingest.encoding)
-            loader.apply(plan, batch_files, quiet)
+            loader.apply(plan, batch_files, batch_bytes, quiet)
         except PipelineError as exc:
             summary.status = "error"
             _record_run(con, schema, summary, started_at, error=str(exc))
@@ -269,7 +262,7 @@ class _Loader:
         self.by_table = {s.table: s for s in SOURCES}
         self.first_loaded_at: dict[str, datetime] = {}
 
-    def apply(self, plan: LoadPlan, batch_files: int, quiet: bool) -> None:
+    def apply(self, plan: LoadPlan, batch_files: int, batch_bytes: int, quiet: bool) -> None:
         self.con.begin()
         try:
             replaced = {s.path: s.source for s in plan.changed} | plan.removed
@@ -277,8 +270,7 @@ class _Loader:
             failures: list[str] = []
             files = plan.to_read
             with tqdm(total=len(files), desc="landing files", unit="file", disable=quiet or len(files) < 50) as bar:
-                for start in range(0, len(files), batch_files):
-                    batch = files[start : start + batch_files]
+                for batch in _batches(files, batch_files, batch_bytes):
                     parsed = self._parse(batch, failures)
                     if not failures:  # once anything failed, only keep checking, to name every bad file
                         self._insert(batch, parsed)
@@ -372,16 +364,19 @@ class _Loader:
             self.summary.warn(result.warnings)
             self.summary.warn(f"{state.path}:{q.line}: quarantined: {q.reason}" for q in result.quarantined)
         for table, tables in rows_by_table.items():
-            self._insert_arrow(table, pa.concat_tables(tables))
+            # The record hash is computed in DuckDB, vectorized: a JSON array keeps nulls and
+            # separators unambiguous.
+            values = ", ".join(self.by_table[table].columns)
+            self._insert_arrow(table, pa.concat_tables(tables), f", md5(to_json([{values}])) as _record_hash")
         if quarantine:
             self._insert_arrow("_quarantine", _records_to_arrow(QUARANTINE_COLUMNS, quarantine))
         self._insert_arrow("_landing_files", _records_to_arrow(MANIFEST_COLUMNS, manifest))
 
-    def _insert_arrow(self, table: str, data: pa.Table) -> None:
+    def _insert_arrow(self, table: str, data: pa.Table, extra_columns: str = "") -> None:
         if data.num_rows == 0:
             return
         self.con.register("landing_batch", data)
-        self.con.execute(f"insert into {self.schema}.{table} by name select * from landing_batch")
+        self.con.execute(f"insert into {self.schema}.{table} by name select *{extra_columns} from landing_batch")
         self.con.unregister("landing_batch")
 
 
@@ -400,6 +395,20 @@ MANIFEST_COLUMNS = (
     "loaded_at",
     "ingest_run_id",
 )
+
+
+def _batches(files: list[FileState], max_files: int, max_bytes: int) -> Iterable[list[FileState]]:
+    """Consecutive groups of files, each under max_files and (unless one file alone is larger) max_bytes."""
+    batch: list[FileState] = []
+    size = 0
+    for state in files:
+        if batch and (len(batch) >= max_files or size + state.size > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(state)
+        size += state.size
+    if batch:
+        yield batch
 
 
 def _records_to_arrow(columns: tuple[str, ...], records: list[tuple]) -> pa.Table:
