@@ -25,8 +25,8 @@ ifdef WAREHOUSE
 export RP_DUCKDB_PATH := $(abspath $(WAREHOUSE))
 endif
 
-DBT := $(BIN)/dbt
-WAREHOUSE_DIR := $(dir $(or $(RP_DUCKDB_PATH),data/warehouse/retrieval.duckdb))
+# dbt through a thin wrapper that turns a held warehouse lock into one clear message.
+DBT := $(BIN)/python -m python_jobs.run_dbt
 JOB := $(BIN)/python -m python_jobs
 
 .PHONY: help setup data ingest build freshness docs docs-generate demo bench test lint format clean distclean
@@ -50,18 +50,16 @@ ingest: $(STAMP) ## Land new and changed files into the raw schema
 	$(JOB).ingest $(ARGS)
 
 build: $(STAMP) ## dbt build: seeds, models and tests
-	@mkdir -p $(WAREHOUSE_DIR)
 	$(DBT) build $(ARGS)
 
 freshness: $(STAMP) ## Check source freshness against the SLAs
-	@mkdir -p $(WAREHOUSE_DIR)
 	$(DBT) source freshness $(ARGS)
 
 docs-generate: $(STAMP)
 	$(DBT) docs generate
 
 docs: docs-generate ## Generate and serve the dbt docs with the lineage graph (offline)
-	$(DBT) docs serve --port 8080 --no-browser
+	$(BIN)/dbt docs serve --port 8080 --no-browser
 
 demo: $(STAMP) ## Run the whole pipeline on the shipped sample data
 	# The demo replays the sample delivery, so freshness reflects this run, not the clone date.

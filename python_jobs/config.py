@@ -80,4 +80,9 @@ class Settings:
 
     def dbt_env(self) -> dict[str, str]:
         """Environment for a dbt subprocess so it opens the same warehouse as the jobs."""
-        return {**os.environ, ENV_DUCKDB_PATH: str(self.warehouse_path), ENV_LANDING_DIR: str(self.landing_dir)}
+        return {
+            **os.environ,
+            ENV_DUCKDB_PATH: str(self.warehouse_path),
+            ENV_LANDING_DIR: str(self.landing_dir),
+            "DBT_PROFILES_DIR": os.environ.get("DBT_PROFILES_DIR", str(self.project_dir)),
+        }

@@ -14,6 +14,15 @@ import duckdb
 from python_jobs.errors import PipelineError, WarehouseLockedError
 
 
+def lock_message(path: Path, duckdb_error: str) -> str:
+    pid = re.search(r"PID (\d+)", duckdb_error)
+    holder = f"process {pid.group(1)}" if pid else "another process"
+    return (
+        f"warehouse {path} is locked by {holder} (a running `dbt build` or pipeline job). "
+        "DuckDB allows one writer at a time: wait for it to finish, then run this again."
+    )
+
+
 def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the warehouse; raise WarehouseLockedError if another process holds it."""
     if read_only and not path.exists():
@@ -22,12 +31,6 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
     try:
         return duckdb.connect(str(path), read_only=read_only)
     except duckdb.IOException as exc:
-        message = str(exc)
-        if "lock" not in message.lower():
+        if "lock" not in str(exc).lower():
             raise
-        pid = re.search(r"PID (\d+)", message)
-        holder = f"process {pid.group(1)}" if pid else "another process"
-        raise WarehouseLockedError(
-            f"warehouse {path} is locked by {holder} (a running `dbt build` or pipeline job). "
-            "DuckDB allows one writer at a time: wait for it to finish, then run this again."
-        ) from None
+        raise WarehouseLockedError(lock_message(path, str(exc))) from None

@@ -7,6 +7,8 @@ import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,3 +121,24 @@ def built_world(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 def world(built_world: Workspace, tmp_path: Path) -> Workspace:
     """A private copy of the built world."""
     return built_world.copy(tmp_path / "world")
+
+
+@contextmanager
+def warehouse_locked_by_another_process(warehouse: Path) -> Iterator[int]:
+    """Hold a DuckDB write lock on the file from a separate process; yields its pid."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(120)",
+            str(warehouse),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

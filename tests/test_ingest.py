@@ -9,6 +9,7 @@ import sys
 
 import duckdb
 import pytest
+from conftest import warehouse_locked_by_another_process
 
 from python_jobs.config import PROJECT_DIR
 from python_jobs.errors import LandingFileError
@@ -220,27 +221,12 @@ def test_other_encoding_loads_when_asked_for(workspace):
 
 def test_locked_warehouse_gives_a_clear_message_not_a_traceback(workspace):
     ingest(workspace.settings(), quiet=True)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
-            str(workspace.warehouse),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=PROJECT_DIR,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with warehouse_locked_by_another_process(workspace.warehouse) as pid:
         result = workspace.ingest()
-    finally:
-        holder.kill()
-        holder.wait()
 
     assert result.returncode == 75
     assert "Traceback" not in result.stderr
-    assert f"warehouse {workspace.warehouse} is locked by process {holder.pid}" in result.stderr
+    assert f"warehouse {workspace.warehouse} is locked by process {pid}" in result.stderr
     assert "wait for it to finish" in result.stderr
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
-from conftest import SAMPLE_LANDING, Workspace
+from conftest import SAMPLE_LANDING, Workspace, warehouse_locked_by_another_process
 from dbt_results import results_by_status
 
 
@@ -94,3 +95,24 @@ def test_every_model_has_an_owner_and_marts_are_public(built_world):
         assert node["group"] in groups and groups[node["group"]]["email"], node["name"]
         expected = "public" if "/marts/" in node["original_file_path"] else "private"
         assert node["access"] == expected, node["name"]
+
+
+def test_dbt_through_the_wrapper_passes_results_and_exit_codes_through(world):
+    paths = ("--target-path", str(world.root / "target"), "--log-path", str(world.root / "logs"))
+    ok = world.run(sys.executable, "-m", "python_jobs.run_dbt", "build", "--select", "stg_shop__products", *paths)
+    failing = world.run(sys.executable, "-m", "python_jobs.run_dbt", "build", "--select", "no_such_model+", *paths)
+    bad_flag = world.run(sys.executable, "-m", "python_jobs.run_dbt", "build", "--no-such-flag")
+
+    assert ok.returncode == 0, ok.stdout[-2000:]
+    assert "Completed successfully" in ok.stdout
+    assert failing.returncode == 0 and "does not match any enabled nodes" in failing.stdout
+    assert bad_flag.returncode == 2
+
+
+def test_dbt_on_a_locked_warehouse_says_so_without_a_traceback(world):
+    with warehouse_locked_by_another_process(world.warehouse) as pid:
+        result = world.run(sys.executable, "-m", "python_jobs.run_dbt", "build")
+
+    assert result.returncode == 75
+    assert "Traceback" not in result.stdout + result.stderr
+    assert f"is locked by process {pid}" in result.stderr
