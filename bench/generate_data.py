@@ -40,36 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from catalog import Product
 from catalog import products as catalog_products
 
+from python_jobs.landing import SOURCES
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DOCS = REPO_ROOT / "data" / "raw" / "docs"
 
-CUSTOMER_COLUMNS = [
-    "customer_id",
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "city",
-    "state",
-    "country_code",
-    "segment",
-    "signup_date",
-    "updated_at",
-]
-TRANSACTION_COLUMNS = [
-    "transaction_id",
-    "customer_id",
-    "product_sku",
-    "quantity",
-    "unit_price",
-    "discount",
-    "amount",
-    "currency",
-    "status",
-    "channel",
-    "ordered_at",
-    "updated_at",
-]
+# Column order comes from the landing contract the ingest job enforces.
+_CONTRACT = {source.table: list(source.columns) for source in SOURCES}
+CUSTOMER_COLUMNS = _CONTRACT["shop_customers"]
+TRANSACTION_COLUMNS = _CONTRACT["shop_transactions"]
 DOC_TYPES = ("manual", "faq", "policy", "troubleshooting", "guide")
 DOC_TYPE_WEIGHTS = (15, 35, 10, 30, 10)
 OWNERS = ("product-docs", "customer-support", "legal", "field-service", "operations")

@@ -154,3 +154,15 @@ def test_large_row_count_drop_fails_the_row_count_change_test(world):
     statuses = results_by_status(world.root / "target")
     assert "customers_row_count_drop_errors" in statuses["fail"]
     assert "customers_row_count_drop_warns" in statuses["warn"]
+
+
+def test_a_flood_of_quarantined_records_fails_the_build(world):
+    month = sorted((world.landing / "shop" / "transactions").glob("*.csv"))[-1]
+    month.write_text(month.read_text(encoding="utf-8") + "T1,C1,too,few\n" * 3, encoding="utf-8")
+    world.ingest(check=True)
+
+    build = world.dbt("build", "--vars", "{quarantine_error_threshold: 2}")
+
+    assert build.returncode == 1
+    failed = results_by_status(world.root / "target").get("fail", set())
+    assert names_starting_with(failed, "source_row_count_is_zero_ingest_quarantine")
