@@ -2,10 +2,10 @@
 
 Incremental and idempotent: a manifest (`raw._landing_files`) remembers each file's size,
 mtime and SHA-256, so only new or changed files are read again; a file that disappeared
-takes its rows with it. All changes of a run are applied in one DuckDB transaction,
-streamed in batches so memory stays bounded by the batch, not the landing zone; a file that
-cannot be parsed fails the job (after every file was checked, so all are named at once) and
-the transaction is rolled back: the last good load stays exactly as it was. Records that cannot be read land in
+takes its rows with it. All changes of a run are applied in one DuckDB transaction, parsed
+and inserted in byte-bounded batches; a file that cannot be parsed fails the job (after
+every file was checked, so all are named at once) and the transaction is rolled back, so
+the last good load stays exactly as it was. Records that cannot be read land in
 `raw._quarantine` with the file, line and reason; nothing is dropped silently.
 
 Why hand-written rather than dlt: what this job must guarantee (per-line quarantine with
@@ -244,6 +244,9 @@ def ingest(
             loader.apply(plan, batch_files, batch_bytes, quiet)
         except PipelineError as exc:
             summary.status = "error"
+            # The transaction was rolled back: report no rows moved, only what was found.
+            summary.rows_loaded = summary.rows_deleted = summary.rows_quarantined = 0
+            summary.per_table = {}
             _record_run(con, schema, summary, started_at, error=str(exc))
             raise
         summary.seconds = round(time.perf_counter() - started, 3)

@@ -191,8 +191,11 @@ def test_unreadable_files_fail_the_run_and_keep_the_last_good_load(workspace):
     assert "--encoding latin-1" in result.stderr
     assert "shop/transactions/transactions_2027_01.csv: the file is empty" in result.stderr
     assert raw_counts(workspace) == before
-    status, error = workspace.query("select status, error from raw._ingest_runs order by started_at desc limit 1")[0]
-    assert status == "error" and "cannot be read" in error
+    status, rows_loaded, error = workspace.query(
+        "select status, rows_loaded, error from raw._ingest_runs order by started_at desc limit 1"
+    )[0]
+    assert (status, rows_loaded) == ("error", 0)
+    assert "cannot be read" in error
 
 
 def test_header_missing_a_column_fails_naming_the_column(workspace):
