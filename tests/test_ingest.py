@@ -268,6 +268,8 @@ def test_bad_file_in_a_late_batch_rolls_back_the_batches_before_it(workspace):
         ingest(workspace.settings(), quiet=True, batch_files=1)
 
     assert workspace.query("select _record_hash from raw.shop_transactions order by all") == before
+    (ledger,) = workspace.query("select rows_loaded from raw._ingest_runs where status = 'error'")
+    assert ledger == (0,)  # the batches loaded before the failure were rolled back
 
 
 def test_reloaded_file_keeps_its_first_load_time(workspace):
