@@ -29,7 +29,7 @@ endif
 DBT := $(BIN)/python -m python_jobs.run_dbt
 JOB := $(BIN)/python -m python_jobs
 
-.PHONY: help setup data ingest build freshness docs docs-generate demo bench test lint format clean distclean
+.PHONY: help setup data ingest build chunks freshness docs docs-generate demo bench bench-warehouse bench-chunking test lint format clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ ingest: $(STAMP) ## Land new and changed files into the raw schema
 build: $(STAMP) ## dbt build: seeds, models and tests
 	$(DBT) build $(ARGS)
 
+chunks: $(STAMP) ## Build and test only documents and document_chunks (and what they need)
+	$(DBT) build --select +document_chunks+ $(ARGS)
+
 freshness: $(STAMP) ## Check source freshness against the SLAs
 	$(DBT) source freshness $(ARGS)
 
@@ -66,10 +69,16 @@ demo: $(STAMP) ## Run the whole pipeline on the shipped sample data
 	$(JOB).ingest --full-refresh
 	$(DBT) build
 	$(DBT) source freshness
+	$(DBT) show --quiet --limit 10 --inline "$$(cat analyses/chunk_summary.sql)"
 	@echo "Demo complete: warehouse at $${RP_DUCKDB_PATH:-data/warehouse/retrieval.duckdb}; 'make docs' shows the lineage."
 
-bench: $(STAMP) ## Benchmarks on generated data, figures printed: make bench SCALE=100000
+bench: bench-warehouse bench-chunking ## All benchmarks on generated data, figures printed: make bench SCALE=100000
+
+bench-warehouse: $(STAMP) ## Ingest and dbt build at SCALE documents
 	$(BIN)/python bench/bench_warehouse.py --scale $(SCALE) $(ARGS)
+
+bench-chunking: $(STAMP) ## Chunking throughput and edit locality at SCALE documents
+	$(BIN)/python bench/bench_chunking.py --scale $(SCALE) $(ARGS)
 
 test: $(STAMP) ## Run the full test suite
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -57,3 +57,17 @@
 {% macro duckdb__digits_only(column) -%}
     nullif(regexp_replace({{ column }}, '[^0-9]', '', 'g'), '')
 {%- endmacro %}
+
+
+{# True where the text matches a regular expression (RE2 syntax). #}
+{% macro matches_pattern(column, pattern) -%}
+    {{ return(adapter.dispatch('matches_pattern')(column, pattern)) }}
+{%- endmacro %}
+
+{% macro default__matches_pattern(column, pattern) -%}
+    regexp_like({{ column }}, '{{ pattern }}')
+{%- endmacro %}
+
+{% macro duckdb__matches_pattern(column, pattern) -%}
+    regexp_matches({{ column }}, '{{ pattern }}')
+{%- endmacro %}

@@ -8,6 +8,7 @@ benchmark can point the whole pipeline at its own landing zone and warehouse.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,12 +34,40 @@ class IngestSettings:
 
 
 @dataclass(frozen=True)
+class RetrievalSettings:
+    """How documents become chunks and vectors: `vars.retrieval` in dbt_project.yml."""
+
+    embedding_model: str = "all-MiniLM-L6-v2"
+    chunk_target_tokens: int = 192
+    chunk_overlap_tokens: int = 24
+    # Boilerplate sections (a legal footer) are embedded without the document title, so
+    # identical text in many documents is one embedding.
+    shared_section_headings: tuple[str, ...] = ()
+
+    @classmethod
+    def from_vars(cls, values: Mapping[str, Any], where: str = "vars.retrieval") -> RetrievalSettings:
+        try:
+            headings = values.get("shared_section_headings") or ()
+            if isinstance(headings, str):  # dbt hands lists to Python models as JSON text
+                headings = json.loads(headings)
+            return cls(
+                embedding_model=str(values.get("embedding_model") or cls.embedding_model),
+                chunk_target_tokens=int(values.get("chunk_target_tokens", cls.chunk_target_tokens)),
+                chunk_overlap_tokens=int(values.get("chunk_overlap_tokens", cls.chunk_overlap_tokens)),
+                shared_section_headings=tuple(str(h) for h in headings),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where} is invalid: {exc}") from None
+
+
+@dataclass(frozen=True)
 class Settings:
     project_dir: Path
     landing_dir: Path
     warehouse_path: Path
     raw_schema: str = "raw"
     ingest: IngestSettings = field(default_factory=IngestSettings)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     vars: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -75,6 +104,7 @@ class Settings:
             warehouse_path=resolve(str(warehouse)),
             raw_schema=str(project_vars.get("raw_schema", "raw")),
             ingest=ingest,
+            retrieval=RetrievalSettings.from_vars(project_vars.get("retrieval") or {}),
             vars=project_vars,
         )
 

@@ -38,3 +38,14 @@ def test_invalid_setting_is_named(tmp_path):
 def test_missing_project_file_says_where_to_run_from(tmp_path):
     with pytest.raises(ConfigError, match="run the jobs from the repository root"):
         Settings.load(project_dir=tmp_path, env={})
+
+
+def test_retrieval_settings_come_from_the_same_vars_dbt_reads(tmp_path):
+    settings = Settings.load()
+    assert settings.retrieval.embedding_model == "all-MiniLM-L6-v2"
+    assert settings.retrieval.shared_section_headings == ("Legal notice",)
+
+    project = tmp_path / "dbt_project.yml"
+    project.write_text("vars:\n  retrieval:\n    chunk_target_tokens: lots\n")
+    with pytest.raises(ConfigError, match=r"vars\.retrieval is invalid"):
+        Settings.load(project_dir=tmp_path)
