@@ -14,10 +14,14 @@ special tokens, so nothing is ever truncated by the model.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import multiprocessing
+import os
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
@@ -291,14 +295,59 @@ def chunk_documents(chunker: Chunker, documents: Iterable[dict], config_hash: st
             }
 
 
-def chunk_table(chunker: Chunker, documents: Iterable[dict], config_hash: str, batch_rows: int = 50_000) -> pa.Table:
-    """The chunk table, as Arrow, for documents given as dicts of `documents` mart columns."""
-    batches: list[pa.RecordBatch] = []
-    rows: list[dict] = []
-    for row in chunk_documents(chunker, documents, config_hash):
-        rows.append(row)
-        if len(rows) >= batch_rows:
-            batches.append(pa.RecordBatch.from_pylist(rows, schema=CHUNK_SCHEMA))
-            rows = []
-    batches.append(pa.RecordBatch.from_pylist(rows, schema=CHUNK_SCHEMA))
-    return pa.Table.from_batches(batches, schema=CHUNK_SCHEMA)
+def chunk_table(
+    retrieval: RetrievalSettings,
+    documents: list[dict],
+    config_hash: str,
+    workers: int | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> pa.Table:
+    """The chunk table, as Arrow, for documents given as dicts of `documents` mart columns.
+
+    Large inputs (or any, given `workers`) are chunked by a pool of worker processes, one
+    per core, in batches whose order is kept, so the table is the same as a single process
+    would make. `progress` is called with the number of documents of each finished batch.
+    """
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(documents) >= PARALLEL_MIN_DOCUMENTS else 1
+    batches = [documents[i : i + DOCUMENTS_PER_TASK] for i in range(0, len(documents), DOCUMENTS_PER_TASK)]
+    if workers <= 1 or len(batches) <= 1:
+        chunker, _ = build_chunker(retrieval)
+        outputs: Iterable[pa.RecordBatch] = (_chunk_batch(batch, config_hash, chunker) for batch in batches)
+        results = _with_progress(outputs, batches, progress)
+    else:
+        # spawn, not fork: dbt runs models in threads, and forking a threaded process is unsafe.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(retrieval,)) as pool:
+            outputs = pool.map(_chunk_batch, batches, itertools.repeat(config_hash))
+            results = _with_progress(outputs, batches, progress)
+    return pa.Table.from_batches(results, schema=CHUNK_SCHEMA) if results else CHUNK_SCHEMA.empty_table()
+
+
+def _with_progress(
+    outputs: Iterable[pa.RecordBatch], batches: list[list[dict]], progress: Callable[[int], object] | None
+) -> list[pa.RecordBatch]:
+    results = []
+    for batch, output in zip(batches, outputs, strict=True):
+        results.append(output)
+        if progress:
+            progress(len(batch))
+    return results
+
+
+# Below this many documents a worker pool costs more to start than it saves.
+PARALLEL_MIN_DOCUMENTS = 2_000
+DOCUMENTS_PER_TASK = 200
+_worker_chunker: Chunker | None = None
+
+
+def _start_worker(retrieval: RetrievalSettings) -> None:
+    global _worker_chunker
+    # One process per core already: the tokenizer's own thread pool would only oversubscribe.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _worker_chunker, _ = build_chunker(retrieval)
+
+
+def _chunk_batch(documents: list[dict], config_hash: str, chunker: Chunker | None = None) -> pa.RecordBatch:
+    rows = list(chunk_documents(chunker or _worker_chunker, documents, config_hash))
+    return pa.RecordBatch.from_pylist(rows, schema=CHUNK_SCHEMA)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from python_jobs.chunking import Chunker, ChunkingConfig, build_chunker
+from python_jobs.chunking import Chunker, ChunkingConfig, build_chunker, chunk_table
 from python_jobs.config import PROJECT_DIR, RetrievalSettings
 from python_jobs.embedding_model import resolve_model
 from python_jobs.errors import ConfigError
@@ -289,3 +289,15 @@ def test_a_model_directory_works_as_the_model_setting():
     assert by_path["model_max_tokens"] == by_name["model_max_tokens"] == 256
     assert by_path["tokenizer_hash"] == by_name["tokenizer_hash"]
     assert by_path["chunking_config_hash"] != by_name["chunking_config_hash"]
+
+
+def test_a_worker_pool_makes_the_same_chunk_table_as_one_process():
+    body = (PROJECT_DIR / "data/raw/docs/faq/faq-price-match.md").read_text().split("---\n", 2)[2]
+    documents = [
+        {"doc_id": f"faq-{n}", "title": f"FAQ {n}", "body": normalize_markdown(body), "doc_type": "faq"}
+        for n in range(450)  # three batches
+    ]
+    serial = chunk_table(RetrievalSettings(), documents, "config-1", workers=1)
+    pooled = chunk_table(RetrievalSettings(), documents, "config-1", workers=2)
+    assert pooled.equals(serial)
+    assert serial.num_rows >= 450

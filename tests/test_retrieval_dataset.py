@@ -90,10 +90,13 @@ def test_incremental_chunks_equal_a_full_refresh_after_edits_additions_and_delet
     world.ingest(check=True)
     world.dbt("build", "-s", "+document_chunks", check=True)
     incremental = chunks(world)
+    documents = world.query("select * from knowledge.documents order by doc_id")
     assert not chunks(world, "doc_id = 'faq-brightwater-rewards'")
+    assert [row[0] for row in documents] == ["faq-brightwater-variable-temp-kettle", "faq-price-match"]
 
-    world.dbt("build", "-s", "document_chunks", "--full-refresh", check=True)
+    world.dbt("build", "-s", "+document_chunks", "--full-refresh", check=True)
     assert chunks(world) == incremental
+    assert world.query("select * from knowledge.documents order by doc_id") == documents
 
 
 def test_pii_in_a_public_chunk_fails_the_build_but_confidential_documents_are_exempt(world):

@@ -6,7 +6,7 @@ are replaced as a whole (delete+insert on doc_id), and a post-hook removes the c
 of documents that are gone. `dbt build --full-refresh` re-chunks everything.
 """
 
-from python_jobs.chunking import build_chunker, chunk_table, document_fingerprint
+from python_jobs.chunking import chunk_table, document_fingerprint
 from python_jobs.config import RetrievalSettings
 
 DOCUMENT_COLUMNS = "doc_id, title, body, doc_type, product_sku, category, access_level, owner, updated_at"
@@ -15,7 +15,7 @@ DOCUMENT_COLUMNS = "doc_id, title, body, doc_type, product_sku, category, access
 def model(dbt, session):
     dbt.config(materialized="incremental", incremental_strategy="delete+insert", unique_key="doc_id")
     settings = dbt.ref("chunking_settings").to_arrow_table().to_pylist()[0]
-    chunker, _ = build_chunker(RetrievalSettings.from_vars(settings))
+    retrieval = RetrievalSettings.from_vars(settings)
     config_hash = settings["chunking_config_hash"]
     documents = dbt.ref("documents").project(DOCUMENT_COLUMNS).to_arrow_table().to_pylist()
 
@@ -28,4 +28,4 @@ def model(dbt, session):
         )
         documents = [doc for doc in documents if (doc["doc_id"], document_fingerprint(doc)) not in current]
 
-    return chunk_table(chunker, documents, config_hash)
+    return chunk_table(retrieval, documents, config_hash)
