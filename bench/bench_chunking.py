@@ -34,11 +34,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generate_data
 
-from python_jobs.chunking import Chunker, build_chunker, chunk_table
+from python_jobs.chunking import Chunker, build_chunker, chunk_table, chunking_settings
 from python_jobs.config import PROJECT_DIR, Settings
 from python_jobs.markdown_text import normalize_markdown
-
-REPO_ROOT = PROJECT_DIR
 
 
 @dataclass
@@ -98,7 +96,7 @@ def percentile(sorted_values: list[int], q: float) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def main(scale: int, edit_fraction: float, workdir: Path | None, as_json: bool) -> None:
     """Chunking throughput, token distribution and edit locality at SCALE documents."""
-    workdir = (workdir or REPO_ROOT / "data" / "generated" / f"chunks-{scale}").resolve()
+    workdir = (workdir or PROJECT_DIR / "data" / "generated" / f"chunks-{scale}").resolve()
     docs_dir = workdir / "docs"
     rng = random.Random(scale)
     text_model = generate_data.TextModel(generate_data.SAMPLE_DOCS, rng, pool_size=20_000)
@@ -108,7 +106,7 @@ def main(scale: int, edit_fraction: float, workdir: Path | None, as_json: bool) 
         generate_data.write_documents(docs_dir, text_model, rng, scale, products)
     documents = load_documents(docs_dir)
     retrieval = Settings.load().retrieval
-    chunker, settings = build_chunker(retrieval)
+    chunker, settings = build_chunker(retrieval), chunking_settings(retrieval)
     baseline = FixedWindowChunker(chunker)
     megabytes = sum(len(d.body.encode()) for d in documents) / 1e6
 

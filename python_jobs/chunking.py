@@ -30,7 +30,7 @@ from semantic_text_splitter import MarkdownSplitter
 from tokenizers import Tokenizer
 
 from python_jobs.config import RetrievalSettings
-from python_jobs.embedding_model import resolve_model
+from python_jobs.embedding_model import ModelFiles, resolve_model
 from python_jobs.errors import ConfigError
 from python_jobs.markdown_text import Section, split_sections
 
@@ -100,6 +100,7 @@ class _SectionPlan:
     prefix: str  # what the model sees before the text: the path, maybe shortened
     prefix_tokens: int
     budget: int  # tokens for the text, special tokens included
+    section_id: str
 
 
 class Chunker:
@@ -117,7 +118,7 @@ class Chunker:
     def chunk(self, doc_id: str, title: str, body: str) -> list[Chunk]:
         # A body of headings alone still gets a chunk, so every document can be found.
         sections = split_sections(body, title) or [Section((), 0, body, 0)]
-        plans = [self._plan(title, section) for section in sections]
+        plans = [self._plan(doc_id, title, section) for section in sections]
         # Tokenize in batches, a document at a time: one call per step instead of one per section.
         whole_counts = self.count_tokens([plan.prefix + plan.section.text.strip() for plan in plans])
         pieces = [self._pieces(plan, whole) for plan, whole in zip(plans, whole_counts, strict=True)]
@@ -140,14 +141,13 @@ class Chunker:
                     for inner, part, n in self._split_by_tokens(text, plan.prefix, plan.budget - excess)
                 ]
             for start, piece, piece_tokens in fitted:
-                sid = section_id(doc_id, plan.section.headings, plan.section.occurrence)
-                position = positions.get(sid, 0)
-                positions[sid] = position + 1
+                position = positions.get(plan.section_id, 0)
+                positions[plan.section_id] = position + 1
                 embedding_text = plan.prefix + piece
                 chunks.append(
                     Chunk(
-                        chunk_id=f"{doc_id}:{sid}:{position:03d}",
-                        section_id=sid,
+                        chunk_id=f"{doc_id}:{plan.section_id}:{position:03d}",
+                        section_id=plan.section_id,
                         position=position,
                         heading_path=plan.heading_path,
                         text=piece,
@@ -160,7 +160,7 @@ class Chunker:
                 )
         return chunks
 
-    def _plan(self, title: str, section: Section) -> _SectionPlan:
+    def _plan(self, doc_id: str, title: str, section: Section) -> _SectionPlan:
         heading_path = HEADING_SEPARATOR.join((title, *section.headings)) if title else section.key
         shared = bool(section.headings) and section.headings[-1].casefold().strip() in self.shared_headings
         prefix, prefix_tokens = self._prefix(section.key if shared else heading_path)
@@ -168,7 +168,8 @@ class Chunker:
         # below half the target; the model's limit is the only hard bound.
         budget = max(self.config.target_tokens - prefix_tokens, self.config.target_tokens // 2)
         budget = min(budget, self.config.max_tokens - prefix_tokens)
-        return _SectionPlan(section, heading_path, prefix, prefix_tokens, budget)
+        sid = section_id(doc_id, section.headings, section.occurrence)
+        return _SectionPlan(section, heading_path, prefix, prefix_tokens, budget, sid)
 
     def _prefix(self, heading_path: str) -> tuple[str, int]:
         """The heading path as the model sees it, and its tokens; cut short if it would crowd out the text."""
@@ -224,11 +225,20 @@ def _character_splitter(capacity: int, overlap: int) -> MarkdownSplitter:
     return MarkdownSplitter(capacity, overlap=overlap)
 
 
-def build_chunker(retrieval: RetrievalSettings) -> tuple[Chunker, dict]:
-    """The chunker for these settings, and the settings row that identifies its output."""
+def _model_and_config(retrieval: RetrievalSettings) -> tuple[ModelFiles, ChunkingConfig]:
     model = resolve_model(retrieval.embedding_model)
-    config = ChunkingConfig(model.max_seq_length, retrieval.chunk_target_tokens, retrieval.chunk_overlap_tokens)
-    chunker = Chunker(model.tokenizer(), config, retrieval.shared_section_headings)
+    return model, ChunkingConfig(model.max_seq_length, retrieval.chunk_target_tokens, retrieval.chunk_overlap_tokens)
+
+
+def build_chunker(retrieval: RetrievalSettings) -> Chunker:
+    """The chunker for these settings; raises ConfigError naming a bad setting."""
+    model, config = _model_and_config(retrieval)
+    return Chunker(model.tokenizer(), config, retrieval.shared_section_headings)
+
+
+def chunking_settings(retrieval: RetrievalSettings) -> dict:
+    """The settings row that identifies what a chunker with these settings produces."""
+    model, config = _model_and_config(retrieval)
     settings = {
         "embedding_model": retrieval.embedding_model,
         "tokenizer_hash": model.tokenizer_hash,
@@ -239,7 +249,7 @@ def build_chunker(retrieval: RetrievalSettings) -> tuple[Chunker, dict]:
         "chunker_version": CHUNKER_VERSION,
     }
     settings["chunking_config_hash"] = hashlib.md5(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    return chunker, settings
+    return settings
 
 
 # Document columns copied onto every chunk, for filtering and freshness.
@@ -265,10 +275,16 @@ CHUNK_SCHEMA = pa.schema(
 )
 
 
+# What a document's chunks are made from. content_hash covers the landed front matter and
+# body, so the fingerprint needs no body: an incremental build can compare fingerprints of
+# every document without reading their text.
+FINGERPRINT_COLUMNS = ("doc_id", "content_hash", "title", "updated_at", *DOCUMENT_COLUMNS)
+
+
 def document_fingerprint(document: dict) -> str:
     """Changes when anything copied onto the document's chunks changes."""
-    keys = ("doc_id", "title", "body", "updated_at", *DOCUMENT_COLUMNS)
-    return hashlib.md5(json.dumps([str(document.get(k)) for k in keys]).encode("utf-8")).hexdigest()
+    values = [str(document.get(column)) for column in FINGERPRINT_COLUMNS]
+    return hashlib.md5(json.dumps(values).encode("utf-8")).hexdigest()
 
 
 def chunk_documents(chunker: Chunker, documents: Iterable[dict], config_hash: str) -> Iterator[dict]:
@@ -312,7 +328,7 @@ def chunk_table(
         workers = (os.cpu_count() or 1) if len(documents) >= PARALLEL_MIN_DOCUMENTS else 1
     batches = [documents[i : i + DOCUMENTS_PER_TASK] for i in range(0, len(documents), DOCUMENTS_PER_TASK)]
     if workers <= 1 or len(batches) <= 1:
-        chunker, _ = build_chunker(retrieval)
+        chunker = build_chunker(retrieval)
         outputs: Iterable[pa.RecordBatch] = (_chunk_batch(batch, config_hash, chunker) for batch in batches)
         results = _with_progress(outputs, batches, progress)
     else:
@@ -345,7 +361,7 @@ def _start_worker(retrieval: RetrievalSettings) -> None:
     global _worker_chunker
     # One process per core already: the tokenizer's own thread pool would only oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _worker_chunker, _ = build_chunker(retrieval)
+    _worker_chunker = build_chunker(retrieval)
 
 
 def _chunk_batch(documents: list[dict], config_hash: str, chunker: Chunker | None = None) -> pa.RecordBatch:

@@ -45,10 +45,11 @@ class RetrievalSettings:
     shared_section_headings: tuple[str, ...] = ()
 
     @classmethod
-    def from_vars(cls, values: Mapping[str, Any], where: str = "vars.retrieval") -> RetrievalSettings:
+    def from_vars(cls, values: Mapping[str, Any]) -> RetrievalSettings:
+        """From `vars.retrieval`, or from a `chunking_settings` row (which keeps the list as JSON)."""
         try:
             headings = values.get("shared_section_headings") or ()
-            if isinstance(headings, str):  # dbt hands lists to Python models as JSON text
+            if isinstance(headings, str):
                 headings = json.loads(headings)
             return cls(
                 embedding_model=str(values.get("embedding_model") or cls.embedding_model),
@@ -57,7 +58,7 @@ class RetrievalSettings:
                 shared_section_headings=tuple(str(h) for h in headings),
             )
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where} is invalid: {exc}") from None
+            raise ConfigError(f"vars.retrieval is invalid: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from python_jobs.chunking import Chunker, ChunkingConfig, build_chunker, chunk_table
+from python_jobs.chunking import Chunker, ChunkingConfig, build_chunker, chunk_table, chunking_settings
 from python_jobs.config import PROJECT_DIR, RetrievalSettings
 from python_jobs.embedding_model import resolve_model
 from python_jobs.errors import ConfigError
@@ -19,7 +19,7 @@ from python_jobs.markdown_text import normalize_markdown, split_sections
 MODEL = resolve_model("all-MiniLM-L6-v2")
 TOKENIZER = MODEL.tokenizer()
 SMALL = Chunker(TOKENIZER, ChunkingConfig(max_tokens=MODEL.max_seq_length, target_tokens=64, overlap_tokens=8))
-DEFAULT, _ = build_chunker(RetrievalSettings())
+DEFAULT = build_chunker(RetrievalSettings())
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ---------------------------------------------------------------- text generators
@@ -191,7 +191,7 @@ def test_chunk_ids_and_hashes_are_the_same_in_another_process():
         from python_jobs.chunking import build_chunker
         from python_jobs.config import RetrievalSettings
         from python_jobs.markdown_text import normalize_markdown
-        chunker, _ = build_chunker(RetrievalSettings())
+        chunker = build_chunker(RetrievalSettings())
         for chunk in chunker.chunk("d", "T", normalize_markdown(sys.stdin.read())):
             print(chunk.chunk_id, chunk.content_hash)
     """
@@ -242,7 +242,7 @@ def test_a_heading_path_too_long_for_the_budget_is_shortened_in_the_embedding_te
 
 def test_shared_boilerplate_sections_get_one_hash_across_documents():
     footer = "## Legal notice\n\nThis policy is provided for general information only."
-    chunker, _ = build_chunker(RetrievalSettings(shared_section_headings=("Legal notice",)))
+    chunker = build_chunker(RetrievalSettings(shared_section_headings=("Legal notice",)))
     a = chunker.chunk("pol-a", "Returns Policy", f"Returns within 30 days.\n\n{footer}")[-1]
     b = chunker.chunk("pol-b", "Privacy Policy", f"We keep data safe.\n\n{footer}")[-1]
     assert a.content_hash == b.content_hash
@@ -284,8 +284,8 @@ def test_bad_chunking_settings_name_the_setting(settings_, message):
 
 
 def test_a_model_directory_works_as_the_model_setting():
-    _, by_name = build_chunker(RetrievalSettings())
-    _, by_path = build_chunker(RetrievalSettings(embedding_model=str(MODEL.path)))
+    by_name = chunking_settings(RetrievalSettings())
+    by_path = chunking_settings(RetrievalSettings(embedding_model=str(MODEL.path)))
     assert by_path["model_max_tokens"] == by_name["model_max_tokens"] == 256
     assert by_path["tokenizer_hash"] == by_name["tokenizer_hash"]
     assert by_path["chunking_config_hash"] != by_name["chunking_config_hash"]

@@ -7,7 +7,7 @@ are read from the embedding model's own files.
 
 import pyarrow as pa
 
-from python_jobs.chunking import build_chunker
+from python_jobs.chunking import chunking_settings
 from python_jobs.config import RetrievalSettings
 
 
@@ -22,5 +22,4 @@ def model(dbt, session):
             "shared_section_headings": dbt.config.get("shared_section_headings"),
         }
     )
-    _, settings = build_chunker(retrieval)
-    return pa.Table.from_pylist([settings])
+    return pa.Table.from_pylist([chunking_settings(retrieval)])

@@ -6,26 +6,31 @@ are replaced as a whole (delete+insert on doc_id), and a post-hook removes the c
 of documents that are gone. `dbt build --full-refresh` re-chunks everything.
 """
 
-from python_jobs.chunking import chunk_table, document_fingerprint
-from python_jobs.config import RetrievalSettings
+import pyarrow as pa
 
-DOCUMENT_COLUMNS = "doc_id, title, body, doc_type, product_sku, category, access_level, owner, updated_at"
+from python_jobs.chunking import FINGERPRINT_COLUMNS, chunk_table, document_fingerprint
+from python_jobs.config import RetrievalSettings
 
 
 def model(dbt, session):
     dbt.config(materialized="incremental", incremental_strategy="delete+insert", unique_key="doc_id")
     settings = dbt.ref("chunking_settings").to_arrow_table().to_pylist()[0]
-    retrieval = RetrievalSettings.from_vars(settings)
     config_hash = settings["chunking_config_hash"]
-    documents = dbt.ref("documents").project(DOCUMENT_COLUMNS).to_arrow_table().to_pylist()
+    documents = dbt.ref("documents")
 
     if dbt.is_incremental:
+        # Compare fingerprints first, and read the text of the changed documents only.
         current = set(
             session.execute(
                 f"select distinct doc_id, document_fingerprint from {dbt.this} where chunking_config_hash = ?",
                 [config_hash],
             ).fetchall()
         )
-        documents = [doc for doc in documents if (doc["doc_id"], document_fingerprint(doc)) not in current]
+        keys = documents.project(", ".join(FINGERPRINT_COLUMNS)).to_arrow_table().to_pylist()
+        changed = [key["doc_id"] for key in keys if (key["doc_id"], document_fingerprint(key)) not in current]
+        changed_ids = session.from_arrow(pa.table({"doc_id": pa.array(changed, pa.string())}))
+        documents = documents.join(changed_ids, "doc_id", how="semi")
 
-    return chunk_table(retrieval, documents, config_hash)
+    columns = ", ".join((*FINGERPRINT_COLUMNS, "body"))
+    rows = documents.project(columns).to_arrow_table().to_pylist()
+    return chunk_table(RetrievalSettings.from_vars(settings), rows, config_hash)
