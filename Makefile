@@ -24,12 +24,15 @@ endif
 ifdef WAREHOUSE
 export RP_DUCKDB_PATH := $(abspath $(WAREHOUSE))
 endif
+ifdef INDEX
+export RP_INDEX_DIR := $(abspath $(INDEX))
+endif
 
 # dbt through a thin wrapper that turns a held warehouse lock into one clear message.
 DBT := $(BIN)/python -m python_jobs.run_dbt
 JOB := $(BIN)/python -m python_jobs
 
-.PHONY: help setup data ingest build chunks freshness docs docs-generate demo bench bench-warehouse bench-chunking test lint format clean distclean
+.PHONY: help setup data ingest build chunks freshness embed verify docs docs-generate demo bench bench-warehouse bench-chunking bench-embed test lint format clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -58,6 +61,12 @@ chunks: $(STAMP) ## Build and test only documents and document_chunks (and what 
 freshness: $(STAMP) ## Check source freshness against the SLAs
 	$(DBT) source freshness $(ARGS)
 
+embed: $(STAMP) ## Embed new and changed chunks into the LanceDB index: ARGS="--dry-run", "--json", "--max-tokens N"
+	$(JOB).embed $(ARGS)
+
+verify: $(STAMP) ## Compare the index with document_chunks; ARGS=--repair fixes what it finds
+	$(JOB).verify_index $(ARGS)
+
 docs-generate: $(STAMP)
 	$(DBT) docs generate
 
@@ -69,16 +78,20 @@ demo: $(STAMP) ## Run the whole pipeline on the shipped sample data
 	$(JOB).ingest --full-refresh
 	$(DBT) build
 	$(DBT) source freshness
+	$(JOB).embed
 	$(DBT) show --quiet --limit 10 --inline "$$(cat analyses/chunk_summary.sql)"
-	@echo "Demo complete: warehouse at $${RP_DUCKDB_PATH:-data/warehouse/retrieval.duckdb}; 'make docs' shows the lineage."
+	@echo "Demo complete: warehouse at $${RP_DUCKDB_PATH:-data/warehouse/retrieval.duckdb}, index at $${RP_INDEX_DIR:-data/index}; 'make docs' shows the lineage."
 
-bench: bench-warehouse bench-chunking ## All benchmarks on generated data, figures printed: make bench SCALE=100000
+bench: bench-warehouse bench-chunking bench-embed ## All benchmarks on generated data, figures printed: make bench SCALE=100000
 
 bench-warehouse: $(STAMP) ## Ingest and dbt build at SCALE documents
 	$(BIN)/python bench/bench_warehouse.py --scale $(SCALE) $(ARGS)
 
 bench-chunking: $(STAMP) ## Chunking throughput and edit locality at SCALE documents
 	$(BIN)/python bench/bench_chunking.py --scale $(SCALE) $(ARGS)
+
+bench-embed: $(STAMP) ## Embedding: model path (real model) and index mechanics at SCALE documents
+	$(BIN)/python bench/bench_embed.py --scale $(SCALE) $(ARGS)
 
 test: $(STAMP) ## Run the full test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -94,7 +107,7 @@ format: $(STAMP) ## Apply ruff and sqlfluff fixes
 	$(BIN)/sqlfluff fix models
 
 clean: ## Remove build outputs, warehouses and generated data (keeps .venv)
-	rm -rf target logs dbt_packages data/warehouse data/generated .pytest_cache .ruff_cache
+	rm -rf target logs dbt_packages data/warehouse data/index data/generated .pytest_cache .ruff_cache
 
 distclean: clean ## Also remove .venv
 	rm -rf $(VENV)

@@ -24,6 +24,9 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Environment variables, shared with profiles.yml and the Makefile.
 ENV_LANDING_DIR = "RP_LANDING_DIR"
 ENV_DUCKDB_PATH = "RP_DUCKDB_PATH"
+ENV_INDEX_DIR = "RP_INDEX_DIR"
+ENV_DBT_TARGET_PATH = "DBT_TARGET_PATH"  # dbt's own: where it writes its artifacts
+ENV_VARS = "RP_VARS"  # YAML mapping merged over vars, like `dbt --vars`, for the Python jobs
 DEFAULT_DUCKDB_PATH = "data/warehouse/retrieval.duckdb"
 
 
@@ -62,13 +65,100 @@ class RetrievalSettings:
 
 
 @dataclass(frozen=True)
+class EmbeddingSettings:
+    """How chunks become vectors in the LanceDB index: `vars.embedding` in dbt_project.yml.
+
+    The model itself is `vars.retrieval.embedding_model`, shared with chunking: chunks are
+    cut for the model that embeds them.
+    """
+
+    backend: str = "torch"  # torch | onnx | onnx-int8
+    batch_size: int = 32  # texts per model call
+    commit_rows: int = 512  # rows per index commit: the most work a killed run can lose
+    normalize: bool = True
+    price_per_million_tokens: float = 0.02
+    max_tokens_per_run: int = 5_000_000
+    ann_min_rows: int = 100_000  # below this, exact search is fast enough and exact
+    keep_versions_days: float = 7.0
+    keep_previous_indexes: int = 1  # indexes of earlier models kept for rollback
+
+    BACKENDS = ("torch", "onnx", "onnx-int8")
+
+    @classmethod
+    def from_vars(cls, values: Mapping[str, Any]) -> EmbeddingSettings:
+        defaults = cls()
+        try:
+            settings = cls(
+                backend=str(values.get("backend", defaults.backend)),
+                batch_size=int(values.get("batch_size", defaults.batch_size)),
+                commit_rows=int(values.get("commit_rows", defaults.commit_rows)),
+                normalize=_boolean(values.get("normalize", defaults.normalize)),
+                price_per_million_tokens=float(
+                    values.get("price_per_million_tokens", defaults.price_per_million_tokens)
+                ),
+                max_tokens_per_run=int(values.get("max_tokens_per_run", defaults.max_tokens_per_run)),
+                ann_min_rows=int(values.get("ann_min_rows", defaults.ann_min_rows)),
+                keep_versions_days=float(values.get("keep_versions_days", defaults.keep_versions_days)),
+                keep_previous_indexes=int(values.get("keep_previous_indexes", defaults.keep_previous_indexes)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"vars.embedding is invalid: {exc}") from None
+        if settings.backend not in cls.BACKENDS:
+            raise ConfigError(f"vars.embedding.backend={settings.backend!r} must be one of {', '.join(cls.BACKENDS)}")
+        for name in ("batch_size", "commit_rows"):
+            if getattr(settings, name) < 1:
+                raise ConfigError(f"vars.embedding.{name}={getattr(settings, name)} must be at least 1")
+        for name in ("price_per_million_tokens", "max_tokens_per_run", "keep_versions_days", "keep_previous_indexes"):
+            if getattr(settings, name) < 0:
+                raise ConfigError(f"vars.embedding.{name}={getattr(settings, name)} must not be negative")
+        return settings
+
+
+def _vars_override(text: str | None) -> Mapping[str, Any]:
+    if not text:
+        return {}
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{ENV_VARS} is not valid YAML: {exc}") from None
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{ENV_VARS} must be a mapping like '{{embedding: {{batch_size: 16}}}}', got {text!r}")
+    return values
+
+
+def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` over `base`, key by key inside nested mappings."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in {"true", "1", "yes"}:
+        return True
+    if str(value).lower() in {"false", "0", "no"}:
+        return False
+    raise ValueError(f"{value!r} is not a boolean")
+
+
+@dataclass(frozen=True)
 class Settings:
     project_dir: Path
     landing_dir: Path
     warehouse_path: Path
+    index_dir: Path
+    dbt_target_dir: Path
     raw_schema: str = "raw"
+    ops_schema: str = "ops"
     ingest: IngestSettings = field(default_factory=IngestSettings)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     vars: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -83,7 +173,7 @@ class Settings:
             raise ConfigError(f"{project_file} not found: run the jobs from the repository root") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{project_file} is not valid YAML: {exc}") from None
-        project_vars = project.get("vars") or {}
+        project_vars = _merged(project.get("vars") or {}, _vars_override(env.get(ENV_VARS)))
 
         def resolve(path: str) -> Path:
             candidate = Path(path).expanduser()
@@ -91,6 +181,10 @@ class Settings:
 
         landing = env.get(ENV_LANDING_DIR) or project_vars.get("landing_dir", "data/raw")
         warehouse = env.get(ENV_DUCKDB_PATH) or DEFAULT_DUCKDB_PATH
+        embedding_vars = project_vars.get("embedding") or {}
+        index_dir = env.get(ENV_INDEX_DIR) or embedding_vars.get("index_dir", "data/index")
+        # dbt writes run_results.json here; the embedding job's quality gate reads it.
+        target_dir = env.get(ENV_DBT_TARGET_PATH) or project.get("target-path", "target")
         ingest_vars = project_vars.get("ingest") or {}
         try:
             ingest = IngestSettings(
@@ -103,9 +197,13 @@ class Settings:
             project_dir=project_dir,
             landing_dir=resolve(str(landing)),
             warehouse_path=resolve(str(warehouse)),
+            index_dir=resolve(str(index_dir)),
+            dbt_target_dir=resolve(str(target_dir)),
             raw_schema=str(project_vars.get("raw_schema", "raw")),
+            ops_schema=str(project_vars.get("ops_schema", "ops")),
             ingest=ingest,
             retrieval=RetrievalSettings.from_vars(project_vars.get("retrieval") or {}),
+            embedding=EmbeddingSettings.from_vars(embedding_vars),
             vars=project_vars,
         )
 
@@ -115,5 +213,6 @@ class Settings:
             **os.environ,
             ENV_DUCKDB_PATH: str(self.warehouse_path),
             ENV_LANDING_DIR: str(self.landing_dir),
+            ENV_INDEX_DIR: str(self.index_dir),
             "DBT_PROFILES_DIR": os.environ.get("DBT_PROFILES_DIR", str(self.project_dir)),
         }

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from python_jobs.cli_support import run_job
 from python_jobs.config import Settings
 from python_jobs.errors import WarehouseLockedError
+from python_jobs.quality_gate import LAST_BUILD_DIR, TESTING_COMMANDS
 from python_jobs.warehouse import connect, lock_message
 
 LOCK_ERROR = "Could not set lock on file"
@@ -50,7 +52,19 @@ def run_dbt(settings: Settings, args: list[str]) -> int:
     if LOCK_ERROR in text:
         raise WarehouseLockedError(lock_message(settings.warehouse_path, text))
     sys.stdout.write(text)
+    if args and args[0] in TESTING_COMMANDS:
+        _keep_build_artifacts(settings.dbt_target_dir)
     return code
+
+
+def _keep_build_artifacts(target: Path) -> None:
+    """Copy the artifacts of a build aside: `dbt show` or `dbt docs generate` would overwrite them,
+    and the embedding job's quality gate needs the results of the last run that tested the chunks."""
+    kept = target / LAST_BUILD_DIR
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in ("run_results.json", "manifest.json"):
+        if (target / name).is_file():
+            shutil.copy2(target / name, kept / name)
 
 
 def main() -> None:

@@ -15,7 +15,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from python_jobs.config import ENV_DUCKDB_PATH, ENV_LANDING_DIR, PROJECT_DIR, Settings
+from python_jobs.config import (
+    ENV_DBT_TARGET_PATH,
+    ENV_DUCKDB_PATH,
+    ENV_INDEX_DIR,
+    ENV_LANDING_DIR,
+    ENV_VARS,
+    PROJECT_DIR,
+    Settings,
+)
 
 sys.path.insert(0, str(PROJECT_DIR / "bench"))
 import generate_data
@@ -43,20 +51,37 @@ class Workspace:
         return self.root / "warehouse.duckdb"
 
     @property
-    def env(self) -> dict[str, str]:
+    def index(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def target(self) -> Path:
+        return self.root / "target"
+
+    @property
+    def paths(self) -> dict[str, str]:
+        """Where this workspace's jobs and dbt read and write."""
         return {
-            **os.environ,
             ENV_LANDING_DIR: str(self.landing),
             ENV_DUCKDB_PATH: str(self.warehouse),
-            "DBT_PROFILES_DIR": str(PROJECT_DIR),
-            "HF_HUB_OFFLINE": "1",
+            ENV_INDEX_DIR: str(self.index),
+            ENV_DBT_TARGET_PATH: str(self.target),
         }
 
-    def settings(self) -> Settings:
-        return Settings.load(env={ENV_LANDING_DIR: str(self.landing), ENV_DUCKDB_PATH: str(self.warehouse)})
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.paths, "DBT_PROFILES_DIR": str(PROJECT_DIR), "HF_HUB_OFFLINE": "1"}
 
-    def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(list(args), cwd=PROJECT_DIR, env=self.env, capture_output=True, text=True, timeout=600)
+    def settings(self, vars: str | None = None) -> Settings:
+        """The jobs' settings for this workspace; `vars` (YAML) overrides dbt_project.yml vars."""
+        return Settings.load(env={**self.paths, **({ENV_VARS: vars} if vars else {})})
+
+    def run(
+        self, *args: str, check: bool = False, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            list(args), cwd=PROJECT_DIR, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=600
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
         return result
@@ -66,8 +91,12 @@ class Workspace:
 
     def dbt(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         dbt = str(Path(sys.executable).with_name("dbt"))
-        target = self.root / "target"
-        return self.run(dbt, *args, "--target-path", str(target), "--log-path", str(self.root / "logs"), check=check)
+        logs = str(self.root / "logs")
+        return self.run(dbt, *args, "--target-path", str(self.target), "--log-path", logs, check=check)
+
+    def job(self, module: str, *args: str, check: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run `python -m python_jobs.<module>` in this workspace; keyword arguments are extra env vars."""
+        return self.run(sys.executable, "-m", f"python_jobs.{module}", *args, check=check, env=env)
 
     def query(self, sql: str) -> list[tuple]:
         with duckdb.connect(str(self.warehouse), read_only=True) as con:
@@ -142,3 +171,69 @@ def warehouse_locked_by_another_process(warehouse: Path) -> Iterator[int]:
     finally:
         holder.kill()
         holder.wait()
+
+
+# --- embedding worlds -----------------------------------------------------------------------
+
+KETTLE = "faq/faq-brightwater-variable-temp-kettle.md"
+EDITED_SECTION = "Does this kettle connect to the Brightwater app?"
+TO_DELETE = "faq/faq-store-pickup.md"
+TO_ADD = "faq/faq-tidewell-presspro-steam-iron.md"
+SMALL_COMMITS = "{embedding: {commit_rows: 4}}"
+
+
+def add_sample_doc(ws: Workspace, doc: str) -> Path:
+    target = ws.landing / "docs" / doc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SAMPLE_LANDING / "docs" / doc, target)
+    return target
+
+
+def edit_section(path: Path, heading: str, new_text: str) -> None:
+    """Replace the body of one `## heading` section, leaving every other section as it was."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    start = lines.index(f"## {heading}") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("#")), len(lines))
+    path.write_text("\n".join([*lines[:start], "", new_text, "", *lines[end:]]), encoding="utf-8")
+
+
+def rebuild(ws: Workspace) -> None:
+    ws.ingest(check=True)
+    ws.dbt("build", check=True)
+
+
+@pytest.fixture(scope="session")
+def indexed_world(built_world: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """The built world plus one more document, embedded with the real model into a real LanceDB index."""
+    from python_jobs.embed import embed
+
+    ws = built_world.copy(tmp_path_factory.mktemp("indexed") / "ws")
+    add_sample_doc(ws, TO_DELETE)
+    rebuild(ws)
+    embed(ws.settings())
+    return ws
+
+
+@pytest.fixture(scope="session")
+def pending_world(indexed_world: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """The indexed world after a round of changes that dbt has built but nothing has embedded yet:
+    one section of the kettle FAQ edited, the price-match FAQ's owner changed (metadata only), the
+    store-pickup FAQ deleted, a copy of the original kettle FAQ under a new id, and a new FAQ."""
+    ws = indexed_world.copy(tmp_path_factory.mktemp("pending") / "ws")
+    original_kettle = (ws.landing / "docs" / KETTLE).read_text(encoding="utf-8")
+    copy = ws.landing / "docs" / "faq" / "faq-kettle-copy.md"
+    copy.write_text(original_kettle.replace("doc_id: faq-brightwater-variable-temp-kettle", "doc_id: faq-kettle-copy"))
+    edit_section(
+        ws.landing / "docs" / KETTLE,
+        EDITED_SECTION,
+        "Yes. Since the November firmware update the kettle pairs with the Brightwater app over Bluetooth, "
+        "so you can start it from bed and get a notification when the water is ready.",
+    )
+    price_match = ws.landing / "docs" / "faq" / "faq-price-match.md"
+    price_match.write_text(
+        price_match.read_text(encoding="utf-8").replace("owner: customer-support", "owner: pricing-team")
+    )
+    (ws.landing / "docs" / TO_DELETE).unlink()
+    add_sample_doc(ws, TO_ADD)
+    rebuild(ws)
+    return ws
