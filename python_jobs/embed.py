@@ -234,6 +234,7 @@ def embed(settings: Settings, options: EmbedOptions | None = None, embedder: Emb
             summary.error = str(exc) or type(exc).__name__
             raise
         finally:
+            shutil.rmtree(settings.index_dir / STAGING_DIR, ignore_errors=True)
             summary.total_seconds = time.perf_counter() - clock
             record(settings.warehouse_path, ledger(settings), summary.ledger_row(started))
     return summary
@@ -313,10 +314,9 @@ def _run(settings: Settings, options: EmbedOptions, summary: EmbedSummary, embed
     failpoint("before_publish")
     pointer = index.publish(table, model, summary.run_id)
     summary.index_version, summary.published = pointer.version, True
-    summary.model_loaded = bool(getattr(embedder, "loaded", summary.texts_embedded > 0))
+    summary.model_loaded = getattr(embedder, "loaded", False)
     report.tables_dropped = _drop_retired_tables(index, settings.embedding.keep_previous_indexes)
     summary.upkeep = asdict(report)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _check_quality_gate(settings: Settings, options: EmbedOptions, summary: EmbedSummary) -> None:
@@ -385,6 +385,7 @@ def _apply(plan, table, cache, embedder: Embedder, settings: Settings, options: 
             uncached = with_vectors.column("uncached").to_pylist()
             tokens = with_vectors.column("token_count").to_pylist()
             texts = with_vectors.column("embedding_text").to_pylist()
+            tokens_of = dict(zip(hashes, tokens, strict=True))
             to_embed: dict[str, str] = {}
             for content_hash, is_uncached, text in zip(hashes, uncached, texts, strict=True):
                 if is_uncached and content_hash not in embedded_earlier:
@@ -396,7 +397,9 @@ def _apply(plan, table, cache, embedder: Embedder, settings: Settings, options: 
                 summary.embed_seconds += time.perf_counter() - started
                 vectors = dict(zip(to_embed, encoded, strict=True))
                 started = time.perf_counter()
-                cache.merge_insert("content_hash").when_not_matched_insert_all().execute(
+                # Appended, not merged: the plan found these texts in no cache, and a rerun after a
+                # crash plans again, so a text is never added twice.
+                cache.add(
                     pa.table(
                         {
                             "content_hash": list(to_embed),
@@ -411,7 +414,7 @@ def _apply(plan, table, cache, embedder: Embedder, settings: Settings, options: 
                 failpoint("after_cache_commit")
                 progress.update(len(to_embed))
                 summary.texts_embedded += len(to_embed)
-                summary.tokens_embedded += sum(dict(zip(hashes, tokens, strict=True))[h] for h in to_embed)
+                summary.tokens_embedded += sum(tokens_of[h] for h in to_embed)
             started = time.perf_counter()
             missing = sorted(set(hashes) - set(vectors))
             vectors.update(_cached_vectors(cache, missing))
@@ -423,13 +426,17 @@ def _apply(plan, table, cache, embedder: Embedder, settings: Settings, options: 
                 )
             # Every row gets a vector; one row per text embedded now paid for it, the rest reused one.
             summary.chunks_reused += len(hashes) - len(to_embed)
-            summary.tokens_reused += sum(tokens) - sum(dict(zip(hashes, tokens, strict=True))[h] for h in to_embed)
+            summary.tokens_reused += sum(tokens) - sum(tokens_of[h] for h in to_embed)
             rows_out = _index_columns(with_vectors, summary.run_id, now)
             rows_out = _with_model(rows_out, model)
             rows_out = rows_out.append_column("vector", pa.array([vectors[h] for h in hashes], vector_type(dimension)))
-            table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(
-                rows_out.select(table.schema.names)
-            )
+            rows_out = rows_out.select(table.schema.names)
+            absent = with_vectors.column("absent")
+            if pc.any(absent).as_py():
+                table.add(rows_out.filter(absent))
+            if not pc.all(absent).as_py():
+                changed = rows_out.filter(pc.invert(absent))
+                table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(changed)
             summary.write_seconds += time.perf_counter() - started
             embedded_earlier.update(to_embed)
             failpoint("after_index_commit")

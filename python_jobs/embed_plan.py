@@ -211,7 +211,10 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, path: Path) -> Path:
     con.execute(
         f"""
         copy (
-            select {columns}, plan.metadata_hash, plan.needs_vector, plan.uncached
+            select
+                {columns}, plan.metadata_hash, plan.needs_vector, plan.uncached,
+                -- not in the index (or deleted first): appended, which needs no join against the table
+                plan.change = 'new' or plan.duplicated as absent
             from {CHUNKS_RELATION} as chunks
             inner join embed_plan as plan on chunks.chunk_id = plan.chunk_id
             where plan.needs_vector or plan.change = 'metadata_changed'

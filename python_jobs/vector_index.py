@@ -38,9 +38,9 @@ INDEX_PREFIX = "chunks_"
 CACHE_PREFIX = "vectors_"
 LIVE_FILE = "live.json"
 LOCK_FILE = ".embed.lock"
+# Tagged versions are never cleaned up: `live` is the published one; evaluations pin theirs as `eval`.
 LIVE_TAG = "live"
-# Lance tags that keep a version from cleanup: the published one, and the one the last evaluation used.
-PIN_TAGS = (LIVE_TAG, "eval")
+HISTORY_LENGTH = 10  # earlier live tables remembered in live.json
 
 # Filters and merges on these columns use an index instead of a scan.
 SCALAR_INDEXES = (("chunk_id", BTree), ("doc_id", BTree), ("access_level", Bitmap), ("doc_type", Bitmap))
@@ -137,7 +137,14 @@ class VectorIndex:
         self.db = lancedb.connect(str(directory))
 
     def table_names(self) -> list[str]:
-        return list(self.db.list_tables().tables) if self.directory.exists() else []
+        if not self.directory.exists():
+            return []
+        names, page = [], self.db.list_tables()
+        names += page.tables
+        while page.page_token:
+            page = self.db.list_tables(page_token=page.page_token)
+            names += page.tables
+        return names
 
     def open(self, name: str, version: int | None = None) -> lancedb.table.Table | None:
         if name not in self.table_names():
@@ -180,16 +187,16 @@ class VectorIndex:
         version = table.version
         _move_tag(table, LIVE_TAG, version)
         previous = self.live()
-        history = [] if previous is None else [*previous.history]
-        if previous and (previous.table, previous.version) != (table.name, version) and previous.table != table.name:
-            history.insert(0, {"table": previous.table, "version": previous.version, "model": previous.model})
+        history = [] if previous is None else previous.history
+        if previous and previous.table != table.name:  # a model swap: remember what served before
+            history = [{"table": previous.table, "version": previous.version, "model": previous.model}, *history]
         pointer = LivePointer(
             table=table.name,
             version=version,
             model=asdict(model) | {"id": model.id},
             run_id=run_id,
             published_at=datetime.now(UTC).isoformat(),
-            history=history,
+            history=history[:HISTORY_LENGTH],
         )
         self.directory.mkdir(parents=True, exist_ok=True)
         temporary = self.live_file.with_suffix(f".tmp{os.getpid()}")
@@ -299,6 +306,7 @@ def upkeep(table: lancedb.table.Table, ann_min_rows: int, keep_days: float) -> U
     if oldest_pinned is not None:
         keep = max(keep, now - oldest_pinned + timedelta(seconds=1))
     table.optimize(cleanup_older_than=keep)
-    report.versions_removed = max(0, len(versions) - len(table.list_versions()))
+    remaining = {v["version"] for v in table.list_versions()}
+    report.versions_removed = len({v["version"] for v in versions} - remaining)
     report.seconds = time.perf_counter() - started
     return report
