@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from lancedb.index import BTree
 from tqdm import tqdm
 
 from python_jobs import quality_gate
 from python_jobs.cli_support import emit, run_job
 from python_jobs.config import Settings
-from python_jobs.embed_plan import INDEX_KEY_COLUMNS, EmbedPlan, make_plan, read_chunk_source
+from python_jobs.embed_plan import (
+    CLASSES,
+    INDEX_KEY_COLUMNS,
+    EmbedPlan,
+    bound_memory,
+    chunk_signature,
+    make_plan,
+    read_chunk_source,
+)
 from python_jobs.embedder import Embedder, load_embedder
 from python_jobs.errors import PipelineError
 from python_jobs.failpoints import failpoint
@@ -56,10 +63,13 @@ from python_jobs.vector_index import (
     CHUNK_COLUMNS,
     INDEX_PREFIX,
     VectorIndex,
+    build_ann_index,
     cache_schema,
     cache_table_name,
+    cache_upkeep,
     index_schema,
     index_table_name,
+    needs_ann_index,
     read_columns,
     sql_in,
     upkeep,
@@ -263,6 +273,15 @@ def _run(settings: Settings, options: EmbedOptions, summary: EmbedSummary, embed
         _check_quality_gate(settings, options, summary)
 
         target = index_table_name(model)
+        signature, rows = chunk_signature(con, model)
+        live = index.live()
+        if live and live.table == target and live.chunk_signature == signature and index.has_table(target):
+            # Nothing changed since this index was published: no need to read it (or import lancedb).
+            summary.index_table, summary.index_version, summary.published = target, live.version, True
+            summary.chunks_total, summary.counts = rows, {name: 0 for name in CLASSES} | {"unchanged": rows}
+            summary.token_budget = _budget(settings, options)
+            return
+        bound_memory(con, staging / "duckdb")
         table = index.open(target)
         cache = index.open(cache_table_name(model))
         plan = make_plan(
@@ -274,7 +293,6 @@ def _run(settings: Settings, options: EmbedOptions, summary: EmbedSummary, embed
             stage_to=None if options.dry_run else staging / f"{summary.run_id}.parquet",
         )
     _summarize_plan(plan, settings, options, summary)
-    live = index.live()
     summary.index_table = target
     if live and live.table != target:
         summary.swapped_from = live.table
@@ -289,8 +307,12 @@ def _run(settings: Settings, options: EmbedOptions, summary: EmbedSummary, embed
             "embedded. Raise the budget for this run with --max-tokens."
         )
     up_to_date = live is not None and table is not None and (live.table, live.version) == (target, table.version)
+    if up_to_date and needs_ann_index(table, settings.embedding.ann_min_rows):
+        up_to_date = False  # an earlier run was killed while building it
     if plan.is_empty and up_to_date:
         summary.index_version, summary.published, summary.swapped_from = live.version, True, None
+        if live.chunk_signature != signature:  # so the next run with nothing to do stops sooner
+            index.publish(table, model, live.run_id, signature)
         return  # a no-op: the model was never loaded
 
     failpoint("after_plan")
@@ -302,8 +324,8 @@ def _run(settings: Settings, options: EmbedOptions, summary: EmbedSummary, embed
     if plan.staged is not None:
         _apply(plan, table, cache, embedder, settings, options, summary)
 
-    report = upkeep(table, settings.embedding.ann_min_rows, settings.embedding.keep_versions_days)
-    _cache_upkeep(cache, settings.embedding.keep_versions_days)
+    report = upkeep(table, settings.embedding.keep_versions_days)
+    cache_upkeep(cache, settings.embedding.keep_versions_days)
     summary.upkeep, summary.upkeep_seconds = asdict(report), report.seconds
     rows = table.count_rows()
     if rows != plan.chunks_total:
@@ -312,10 +334,17 @@ def _run(settings: Settings, options: EmbedOptions, summary: EmbedSummary, embed
             "not published. Run `make verify` to see the difference, `make verify ARGS=--repair` to fix it."
         )
     failpoint("before_publish")
-    pointer = index.publish(table, model, summary.run_id)
+    ann_due = needs_ann_index(table, settings.embedding.ann_min_rows)
+    # The signature goes with the last publish only: a run killed while building the ANN index
+    # must not look finished to the next one.
+    pointer = index.publish(table, model, summary.run_id, None if ann_due else signature)
     summary.index_version, summary.published = pointer.version, True
     summary.model_loaded = getattr(embedder, "loaded", False)
     report.tables_dropped = _drop_retired_tables(index, settings.embedding.keep_previous_indexes)
+    if ann_due:
+        report.ann_seconds = build_ann_index(table)
+        report.ann_index = "created"
+        summary.index_version = index.publish(table, model, summary.run_id, signature).version
     summary.upkeep = asdict(report)
 
 
@@ -338,14 +367,17 @@ def _summarize_plan(plan: EmbedPlan, settings: Settings, options: EmbedOptions, 
     summary.chunks_total = plan.chunks_total
     summary.plan_seconds = plan.seconds
     summary.price_per_million_tokens = price
-    budget = options.max_tokens
-    summary.token_budget = settings.embedding.max_tokens_per_run if budget is None else budget
+    summary.token_budget = _budget(settings, options)
     summary.estimated_cost_usd = plan.estimated_cost(price)
     summary.cache_hit_rate = plan.cache_hit_rate
     # What the plan expects; a real run overwrites these with what it did.
     summary.texts_embedded, summary.tokens_embedded = plan.texts_to_embed, plan.tokens_to_embed
     summary.chunks_reused, summary.tokens_reused = plan.chunks_reused, plan.tokens_reused
     summary.duplicates_removed = plan.duplicates
+
+
+def _budget(settings: Settings, options: EmbedOptions) -> int:
+    return settings.embedding.max_tokens_per_run if options.max_tokens is None else options.max_tokens
 
 
 def _delete(table, chunk_ids: list[str]) -> None:
@@ -480,12 +512,6 @@ def _cached_vectors(cache, hashes: list[str]) -> dict[str, np.ndarray]:
         vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
         found.update(zip(table.column("content_hash").to_pylist(), vectors, strict=True))
     return found
-
-
-def _cache_upkeep(cache, keep_days: float) -> None:
-    if ("content_hash",) not in {tuple(index.columns) for index in cache.list_indices()}:
-        cache.create_index("content_hash", config=BTree())
-    cache.optimize(cleanup_older_than=timedelta(days=keep_days))  # no pinned versions: plain age-based cleanup
 
 
 def _drop_retired_tables(index: VectorIndex, keep_previous: int) -> list[str]:

@@ -31,8 +31,9 @@ from python_jobs.vector_index import CHUNK_COLUMNS
 CHUNKS_RELATION = "knowledge.document_chunks"
 SETTINGS_RELATION = "knowledge.chunking_settings"
 CLASSES = ("new", "text_changed", "metadata_changed", "unchanged", "deleted")
-# What a change of any of these means: the row is rewritten, the vector kept.
-METADATA_COLUMNS = tuple(c for c in CHUNK_COLUMNS if c not in {"chunk_id", "content_hash", "embedding_text"})
+# A change in any of these rewrites the row and keeps the vector. `text` is not among them: it is
+# part of embedding_text, so a change to it changes content_hash (and hashing it is most of the cost).
+METADATA_COLUMNS = tuple(c for c in CHUNK_COLUMNS if c not in {"chunk_id", "content_hash", "embedding_text", "text"})
 INDEX_KEY_COLUMNS = ["chunk_id", "content_hash", "metadata_hash", "model_fingerprint"]
 
 
@@ -83,6 +84,28 @@ class EmbedPlan:
         return self.tokens_to_embed * price_per_million_tokens / 1_000_000
 
 
+def chunk_signature(con: duckdb.DuckDBPyConnection, model: ModelFingerprint) -> tuple[str, int]:
+    """A cheap fingerprint of the chunk table (every key, hash and metadata column) and its row count.
+
+    Recorded when a run publishes; a run that finds the same signature (and the same model) has
+    nothing to do and stops before reading the index. DuckDB's hash() is fast but not promised
+    stable across releases: a different value only costs one full plan, never a wrong answer.
+    """
+    columns = ", ".join(("chunk_id", "content_hash", *METADATA_COLUMNS))
+    rows, xor, total = con.execute(
+        f"select count(*), coalesce(bit_xor(h), 0), coalesce(sum(h), 0) "
+        f"from (select hash({columns}) as h from {CHUNKS_RELATION})"
+    ).fetchone()
+    return f"{model.id}:{rows}:{xor:x}:{total:x}", rows
+
+
+def bound_memory(con: duckdb.DuckDBPyConnection, spill_dir: Path, limit: str = "1GB") -> None:
+    """Let DuckDB spill the plan's joins and the staging sort to disk instead of growing with the corpus."""
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    con.execute(f"set memory_limit = '{limit}'")
+    con.execute(f"set temp_directory = '{spill_dir}'")
+
+
 def read_chunk_source(con: duckdb.DuckDBPyConnection) -> ChunkSource:
     try:
         row = con.execute(
@@ -125,7 +148,7 @@ def make_plan(
                     chunk_id,
                     min(content_hash) as content_hash,
                     min(metadata_hash) as metadata_hash,
-                    bool_and(model_fingerprint = $model) and count(distinct content_hash) = 1 as consistent,
+                    bool_and(model_fingerprint = $model) and min(content_hash) = max(content_hash) as consistent,
                     count(*) as copies
                 from index_keys
                 group by chunk_id

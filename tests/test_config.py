@@ -49,3 +49,39 @@ def test_retrieval_settings_come_from_the_same_vars_dbt_reads(tmp_path):
     project.write_text("vars:\n  retrieval:\n    chunk_target_tokens: lots\n")
     with pytest.raises(ConfigError, match=r"vars\.retrieval is invalid"):
         Settings.load(project_dir=tmp_path)
+
+
+def test_embedding_settings_are_validated_and_name_the_setting(tmp_path):
+    project = tmp_path / "dbt_project.yml"
+    project.write_text("vars:\n  embedding:\n    backend: tensorflow\n")
+    with pytest.raises(ConfigError, match=r"vars\.embedding\.backend='tensorflow' must be one of torch, onnx"):
+        Settings.load(project_dir=tmp_path, env={})
+    project.write_text("vars:\n  embedding:\n    commit_rows: 0\n")
+    with pytest.raises(ConfigError, match=r"vars\.embedding\.commit_rows=0 must be at least 1"):
+        Settings.load(project_dir=tmp_path, env={})
+
+
+def test_rp_vars_override_dbt_vars_key_by_key():
+    settings = Settings.load(env={"RP_VARS": "{embedding: {commit_rows: 8}}"})
+    assert settings.embedding.commit_rows == 8
+    assert settings.embedding.batch_size == 32  # the rest of vars.embedding still comes from dbt_project.yml
+    with pytest.raises(ConfigError, match="RP_VARS must be a mapping"):
+        Settings.load(env={"RP_VARS": "[1, 2]"})
+
+
+def test_every_setting_that_changes_vectors_changes_the_model_fingerprint():
+    from dataclasses import replace
+
+    from python_jobs.config import EmbeddingSettings
+    from python_jobs.embedder import fingerprint
+    from python_jobs.embedding_model import resolve_model
+
+    model = resolve_model("all-MiniLM-L6-v2")
+    base = EmbeddingSettings()
+    ids = {
+        fingerprint(model, settings).id
+        for settings in (base, replace(base, backend="onnx-int8"), replace(base, normalize=False))
+    }
+    assert len(ids) == 3
+    assert fingerprint(model, replace(base, batch_size=8, commit_rows=7)).id == fingerprint(model, base).id
+    assert fingerprint(model, base).dimension == 384

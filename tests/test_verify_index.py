@@ -13,7 +13,15 @@ from test_embed import assert_same_index, live_rows
 
 from python_jobs import quality_gate
 from python_jobs.embedder import ModelFingerprint
-from python_jobs.vector_index import VectorIndex, index_schema, pin, upkeep
+from python_jobs.vector_index import (
+    VectorIndex,
+    build_ann_index,
+    compact_and_clean_up,
+    index_schema,
+    needs_ann_index,
+    pin,
+    upkeep,
+)
 
 
 def republish_latest(ws) -> None:
@@ -110,15 +118,17 @@ def table(tmp_path):
 
 
 def test_ann_index_is_built_only_once_the_table_reaches_the_threshold(table):
-    assert upkeep(table, ann_min_rows=1000, keep_days=7).ann_index == "none"
+    assert upkeep(table, keep_days=7).ann_index == "none"
     indexes = {tuple(i.columns): i.index_type for i in table.list_indices()}
     assert indexes[("embedding_text",)] == "FTS" and ("vector",) not in indexes
+    assert not needs_ann_index(table, ann_min_rows=1000)
 
-    report = upkeep(table, ann_min_rows=300, keep_days=7)
-    assert report.ann_index == "created"
+    assert needs_ann_index(table, ann_min_rows=300)
+    build_ann_index(table)
     query = table.search().where("chunk_id = 'doc-5:s:000'").limit(1).to_arrow()["vector"][0].as_py()
     assert table.search(query).limit(1).to_arrow()["chunk_id"][0].as_py() == "doc-5:s:000"
-    assert upkeep(table, ann_min_rows=300, keep_days=7).ann_index == "present"
+    assert not needs_ann_index(table, ann_min_rows=300)
+    assert upkeep(table, keep_days=7).ann_index == "present"
 
 
 def test_cleanup_removes_old_versions_but_never_a_pinned_one(table):
@@ -130,9 +140,9 @@ def test_cleanup_removes_old_versions_but_never_a_pinned_one(table):
     pin(table, "eval", pinned)
     table.add(synthetic_rows(table.schema, 10, start=330))
 
-    report = upkeep(table, ann_min_rows=10_000, keep_days=0)
+    removed = compact_and_clean_up(table, keep_days=0)
     versions = [v["version"] for v in table.list_versions()]
-    assert report.versions_removed >= 3  # the versions before the pin are gone
+    assert removed >= 3  # the versions before the pin are gone
     assert min(versions) == pinned
     table.checkout(pinned)
     assert table.count_rows() == 330
