@@ -49,8 +49,7 @@ SCALAR_INDEXES = (("chunk_id", "BTree"), ("doc_id", "BTree"), ("access_level", "
 # has piled up, not after every small run. Until then new rows are searched without an index.
 OPTIMIZE_MIN_UNINDEXED_ROWS = 10_000
 OPTIMIZE_MIN_UNINDEXED_SHARE = 0.05
-OPTIMIZE_MAX_SMALL_FRAGMENTS = 64
-OPTIMIZE_MAX_VERSIONS = 200
+OPTIMIZE_MAX_SMALL_FRAGMENTS = 64  # versions are cleaned up then too (they are kept keep_versions_days anyway)
 # Columns copied from document_chunks onto each index row (what retrieval filters and shows).
 CHUNK_COLUMNS: dict[str, pa.DataType] = {
     "chunk_id": pa.string(),
@@ -307,7 +306,6 @@ def _optimize_due(table: lancedb.table.Table) -> bool:
     return (
         unindexed > max(OPTIMIZE_MIN_UNINDEXED_ROWS, OPTIMIZE_MIN_UNINDEXED_SHARE * rows)
         or small_fragments > OPTIMIZE_MAX_SMALL_FRAGMENTS
-        or len(table.list_versions()) > OPTIMIZE_MAX_VERSIONS
     )
 
 
