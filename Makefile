@@ -32,7 +32,7 @@ endif
 DBT := $(BIN)/python -m python_jobs.run_dbt
 JOB := $(BIN)/python -m python_jobs
 
-.PHONY: help setup data ingest build chunks freshness embed verify docs docs-generate demo bench bench-warehouse bench-chunking bench-embed test lint format clean distclean
+.PHONY: help setup data ingest build chunks freshness embed verify query eval eval-beir docs docs-generate demo bench bench-warehouse bench-chunking bench-embed test lint format clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -67,6 +67,17 @@ embed: $(STAMP) ## Embed new and changed chunks into the LanceDB index: ARGS="--
 verify: $(STAMP) ## Compare the index with document_chunks; ARGS=--repair fixes what it finds
 	$(JOB).verify_index $(ARGS)
 
+query: $(STAMP) ## Search the index: make query Q="how do I descale the kettle" [ARGS="--mode fts -k 10 --access-level internal"]
+	@test -n "$(Q)" || { echo 'usage: make query Q="your question" [ARGS="--mode hybrid|vector|fts ..."]' >&2; exit 2; }
+	$(JOB).retrieve "$(Q)" $(ARGS)
+
+eval: $(STAMP) ## Evaluate retrieval on the seeded questions; fails when a gate in vars.eval fails
+	$(JOB).eval $(ARGS)
+
+eval-beir: $(STAMP) ## A BEIR dataset end to end in its own workspace: make eval-beir DATA=../shared/benchmarks/nfcorpus
+	@test -n "$(DATA)" || { echo 'usage: make eval-beir DATA=path/to/beir/dataset' >&2; exit 2; }
+	$(JOB).eval_beir "$(DATA)" $(ARGS)
+
 docs-generate: $(STAMP)
 	$(DBT) docs generate
 
@@ -80,6 +91,7 @@ demo: $(STAMP) ## Run the whole pipeline on the shipped sample data
 	$(DBT) source freshness
 	$(JOB).embed
 	$(DBT) show --quiet --limit 10 --inline "$$(cat analyses/chunk_summary.sql)"
+	$(JOB).eval
 	@echo "Demo complete: warehouse at $${RP_DUCKDB_PATH:-data/warehouse/retrieval.duckdb}, index at $${RP_INDEX_DIR:-data/index}; 'make docs' shows the lineage."
 
 bench: bench-warehouse bench-chunking bench-embed ## All benchmarks on generated data, figures printed: make bench SCALE=100000

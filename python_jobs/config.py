@@ -114,6 +114,77 @@ class EmbeddingSettings:
         return settings
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How retrieval is measured and what a release must reach: `vars.eval` in dbt_project.yml."""
+
+    modes: tuple[str, ...] = ("vector", "fts", "hybrid")
+    ks: tuple[int, ...] = (1, 3, 5, 10)
+    min_relevance: int = 1  # judgments graded below this are not relevant
+    # Release gates, from `vars.eval.gates` entries "<mode> <metric>@<k> >= <floor>": mode -> key -> floor.
+    thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # A drop of more than this (absolute) against the last passing run fails, for these metrics.
+    regression_tolerance: float = 0.02
+    regression_metrics: tuple[str, ...] = ("hit_rate@5", "ndcg@10", "mrr@10", "recall@10")
+
+    MODES = ("vector", "fts", "hybrid")
+    METRICS = ("precision", "recall", "hit_rate", "mrr", "ndcg", "map")
+
+    @classmethod
+    def from_vars(cls, values: Mapping[str, Any]) -> EvalSettings:
+        defaults = cls()
+        try:
+            modes = tuple(str(m) for m in values.get("modes", defaults.modes))
+            ks = tuple(sorted({int(k) for k in values.get("k", defaults.ks)}))
+            thresholds: dict[str, dict[str, float]] = {}
+            for gate in values.get("gates") or ():
+                mode, key, floor = _gate(gate)
+                thresholds.setdefault(mode, {})[key] = floor
+            settings = cls(
+                modes=modes,
+                ks=ks,
+                min_relevance=int(values.get("min_relevance", defaults.min_relevance)),
+                thresholds=thresholds,
+                regression_tolerance=float(values.get("regression_tolerance", defaults.regression_tolerance)),
+                regression_metrics=tuple(str(m) for m in values.get("regression_metrics", defaults.regression_metrics)),
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"vars.eval is invalid: {exc}") from None
+        for mode in (*settings.modes, *settings.thresholds):
+            if mode not in cls.MODES:
+                raise ConfigError(f"vars.eval: mode {mode!r} is unknown, use one of {', '.join(cls.MODES)}")
+        if not settings.modes or not settings.ks or min(settings.ks) < 1:
+            raise ConfigError("vars.eval: modes and k must be non-empty, and every k at least 1")
+        named = [key for floors in settings.thresholds.values() for key in floors] + list(settings.regression_metrics)
+        for key in named:
+            settings.check_metric_key(key, "vars.eval")
+        if settings.regression_tolerance < 0:
+            raise ConfigError("vars.eval.regression_tolerance must not be negative")
+        return settings
+
+    def check_metric_key(self, key: str, where: str) -> None:
+        metric, _, k = key.partition("@")
+        if metric not in self.METRICS or not k.isdigit() or int(k) not in self.ks:
+            raise ConfigError(
+                f"{where}: {key!r} is not a metric this evaluation computes: use <metric>@<k> with metric one of "
+                f"{', '.join(self.METRICS)} and k one of {list(self.ks)} (vars.eval.k)"
+            )
+
+
+def _gate(entry: Any) -> tuple[str, str, float]:
+    """ "hybrid ndcg@10 >= 0.9" -> ("hybrid", "ndcg@10", 0.9)."""
+    parts = str(entry).split()
+    try:
+        mode, key, operator, floor = parts
+        if operator != ">=":
+            raise ValueError
+        return mode, key, float(floor)
+    except ValueError:
+        raise ConfigError(
+            f"vars.eval.gates: {entry!r} must read '<mode> <metric>@<k> >= <value>', e.g. 'hybrid ndcg@10 >= 0.9'"
+        ) from None
+
+
 def _vars_override(text: str | None) -> Mapping[str, Any]:
     if not text:
         return {}
@@ -159,6 +230,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
     vars: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -204,6 +276,7 @@ class Settings:
             ingest=ingest,
             retrieval=RetrievalSettings.from_vars(project_vars.get("retrieval") or {}),
             embedding=EmbeddingSettings.from_vars(embedding_vars),
+            eval=EvalSettings.from_vars(project_vars.get("eval") or {}),
             vars=project_vars,
         )
 

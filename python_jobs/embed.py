@@ -62,6 +62,7 @@ from python_jobs.run_ledger import Ledger, mark_interrupted, record
 from python_jobs.vector_index import (
     CHUNK_COLUMNS,
     INDEX_PREFIX,
+    MODEL_CACHE_DIR,
     VectorIndex,
     build_ann_index,
     cache_schema,
@@ -78,7 +79,6 @@ from python_jobs.vector_index import (
 from python_jobs.warehouse import connect
 
 STAGING_DIR = "_staging"
-MODEL_CACHE_DIR = "_models"
 DELETE_BATCH = 1000
 
 EMBED_RUNS = {

@@ -108,6 +108,9 @@ class _OnnxEncoder:
 @cache
 def _load_encoder(model: ModelFiles, settings: EmbeddingSettings, cache_dir: Path, dimension: int):
     """One loaded model per process: tests and the benchmark embed many times."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars on every load; ours show the work
     if settings.backend == "torch":
         from sentence_transformers import SentenceTransformer
 

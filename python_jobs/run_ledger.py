@@ -8,10 +8,12 @@ ledger written by an older version keeps its history.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from python_jobs.warehouse import connect
 
@@ -21,10 +23,15 @@ class Ledger:
     schema: str
     table: str
     columns: Mapping[str, str]  # name -> DuckDB type; the first is the run id
+    key: tuple[str, ...] = ()  # the primary key; by default the first column
 
     @property
     def relation(self) -> str:
         return f"{self.schema}.{self.table}"
+
+    @property
+    def primary_key(self) -> tuple[str, ...]:
+        return self.key or (next(iter(self.columns)),)
 
 
 def record(warehouse: Path, ledger: Ledger, row: Mapping[str, Any]) -> None:
@@ -42,6 +49,31 @@ def record(warehouse: Path, ledger: Ledger, row: Mapping[str, Any]) -> None:
         )
 
 
+def record_run(warehouse: Path, tables: Sequence[tuple[Ledger, Sequence[Mapping[str, Any]]]]) -> None:
+    """Write one run's rows to several tables in one transaction: all of them or none.
+
+    Rows already there for the same run ids are replaced, so recording a run twice is harmless.
+    """
+    with connect(warehouse) as con:
+        con.execute("begin")
+        for ledger, rows in tables:
+            _ensure(con, ledger)
+            if not rows:
+                continue
+            unknown = {name for row in rows for name in row} - set(ledger.columns)
+            if unknown:
+                raise ValueError(f"{ledger.relation} has no column(s) {sorted(unknown)}")
+            run_column = next(iter(ledger.columns))
+            run_ids = sorted({row[run_column] for row in rows})
+            con.execute(f"delete from {ledger.relation} where {run_column} in (select unnest(?))", [run_ids])
+            batch = pa.table({name: [row.get(name) for row in rows] for name in ledger.columns})
+            con.register("_ledger_rows", batch)
+            casts = ", ".join(f"cast({name} as {kind}) as {name}" for name, kind in ledger.columns.items())
+            con.execute(f"insert into {ledger.relation} by name select {casts} from _ledger_rows")
+            con.unregister("_ledger_rows")
+        con.execute("commit")
+
+
 def mark_interrupted(warehouse: Path, ledger: Ledger, finished_at: Any) -> int:
     """Runs still `running` although their job's lock is free were killed: say so."""
     with connect(warehouse) as con:
@@ -55,11 +87,9 @@ def mark_interrupted(warehouse: Path, ledger: Ledger, finished_at: Any) -> int:
 
 def _ensure(con, ledger: Ledger) -> None:
     con.execute(f"create schema if not exists {ledger.schema}")
-    key, *_ = ledger.columns
-    columns = ", ".join(
-        f"{name} {kind}" + (" primary key" if name == key else "") for name, kind in ledger.columns.items()
-    )
-    con.execute(f"create table if not exists {ledger.relation} ({columns})")
+    columns = ", ".join(f"{name} {kind}" for name, kind in ledger.columns.items())
+    key = ", ".join(ledger.primary_key)
+    con.execute(f"create table if not exists {ledger.relation} ({columns}, primary key ({key}))")
     existing = {
         row[0]
         for row in con.execute(

@@ -39,6 +39,7 @@ INDEX_PREFIX = "chunks_"
 CACHE_PREFIX = "vectors_"
 LIVE_FILE = "live.json"
 LOCK_FILE = ".embed.lock"
+MODEL_CACHE_DIR = "_models"  # converted models (ONNX exports) of the backends that need them
 # Tagged versions are never cleaned up: `live` is the published one; evaluations pin theirs as `eval`.
 LIVE_TAG = "live"
 HISTORY_LENGTH = 10  # earlier live tables remembered in live.json

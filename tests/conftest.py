@@ -237,3 +237,43 @@ def pending_world(indexed_world: Workspace, tmp_path_factory: pytest.TempPathFac
     add_sample_doc(ws, TO_ADD)
     rebuild(ws)
     return ws
+
+
+# --- a search world: public, internal and confidential documents, indexed -------------------
+
+INTERNAL_DOC = "faq/faq-staff-price-match-at-register.md"
+KETTLE_SKU = "KIT-KTL-110"
+SECRET_DOC_ID = "conf-kettle-descaling-repair-note"
+# The confidential note is written to be the best match for this question, in every mode.
+SECRET_QUERY = "descale the Brightwater kettle with citric acid"
+SECRET_DOC = f"""---
+doc_id: {SECRET_DOC_ID}
+title: "Descaling the Brightwater kettle with citric acid: repair desk note"
+doc_type: troubleshooting
+product_sku: {KETTLE_SKU}
+owner: repair-desk
+access_level: confidential
+updated_at: 2026-10-01T09:00:00Z
+---
+
+## Descale the Brightwater kettle with citric acid
+
+To descale the Brightwater kettle with citric acid, dissolve two tablespoons of citric acid in
+one litre of water, heat it to 175F, and let the descaling solution soak for twenty minutes.
+Repair desk only: kettles returned for descaling under the goodwill program get a free base.
+"""
+
+
+@pytest.fixture(scope="session")
+def search_world(built_world: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """The built world plus an internal FAQ and a confidential note that matches SECRET_QUERY best, indexed."""
+    from python_jobs.embed import embed
+
+    ws = built_world.copy(tmp_path_factory.mktemp("search") / "ws")
+    add_sample_doc(ws, INTERNAL_DOC)
+    secret = ws.landing / "docs" / "troubleshooting" / f"{SECRET_DOC_ID}.md"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text(SECRET_DOC, encoding="utf-8")
+    rebuild(ws)
+    embed(ws.settings())
+    return ws

@@ -61,6 +61,22 @@ def test_embedding_settings_are_validated_and_name_the_setting(tmp_path):
         Settings.load(project_dir=tmp_path, env={})
 
 
+def test_eval_gates_are_parsed_and_bad_ones_name_the_entry():
+    settings = Settings.load()
+    assert settings.eval.thresholds["hybrid"]["ndcg@10"] == 0.90  # from dbt_project.yml vars.eval.gates
+    gates = Settings.load(env={"RP_VARS": "{eval: {gates: ['fts mrr@3 >= 0.5']}}"}).eval.thresholds
+    assert gates == {"fts": {"mrr@3": 0.5}}  # a list replaces the project's, it is not merged
+    bad = {
+        "{eval: {gates: ['hybrid ndcg@10 > 0.5']}}": r"'hybrid ndcg@10 > 0.5' must read '<mode> <metric>@<k> >=",
+        "{eval: {gates: ['hybrid ndcg@20 >= 0.5']}}": r"'ndcg@20' is not a metric this evaluation computes",
+        "{eval: {gates: ['semantic ndcg@10 >= 0.5']}}": r"mode 'semantic' is unknown",
+        "{eval: {regression_metrics: [hits@5]}}": r"'hits@5' is not a metric",
+    }
+    for override, message in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            Settings.load(env={"RP_VARS": override})
+
+
 def test_rp_vars_override_dbt_vars_key_by_key():
     settings = Settings.load(env={"RP_VARS": "{embedding: {commit_rows: 8}}"})
     assert settings.embedding.commit_rows == 8

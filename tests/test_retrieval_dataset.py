@@ -100,7 +100,13 @@ def test_incremental_chunks_equal_a_full_refresh_after_edits_additions_and_delet
 
 
 def test_pii_in_a_public_chunk_fails_the_build_but_confidential_documents_are_exempt(world):
-    write_document(world, "faq-leak.md", faq("faq-leak"), "## Contact\n\nWrite to jane.doe@example.com any time.")
+    # A long number inside a link is an identifier: only the email address is a finding.
+    write_document(
+        world,
+        "faq-leak.md",
+        faq("faq-leak"),
+        "## Contact\n\nWrite to jane.doe@example.com any time. Slides: http://example.org/vs/5309904231178427.",
+    )
     write_document(
         world,
         "faq-escalation.md",
