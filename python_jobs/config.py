@@ -30,6 +30,17 @@ ENV_VARS = "RP_VARS"  # YAML mapping merged over vars, like `dbt --vars`, for th
 DEFAULT_DUCKDB_PATH = "data/warehouse/retrieval.duckdb"
 
 
+def workspace_env(root: Path) -> dict[str, str]:
+    """The environment that points every job and dbt at one self-contained workspace under `root`:
+    its landing zone, warehouse, index and dbt target dir (benchmark datasets and tests use these)."""
+    return {
+        ENV_LANDING_DIR: str(root / "landing"),
+        ENV_DUCKDB_PATH: str(root / "warehouse.duckdb"),
+        ENV_INDEX_DIR: str(root / "index"),
+        ENV_DBT_TARGET_PATH: str(root / "target"),
+    }
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     max_document_bytes: int = 5_000_000

@@ -227,7 +227,9 @@ def make_plan(
 def _stage_rows(con: duckdb.DuckDBPyConnection, path: Path) -> Path:
     """Write the rows to apply to a Parquet file, so the warehouse is released before any embedding.
 
-    Sorted by content hash, so identical texts fall in one commit batch and embed once.
+    Sorted by token count, then content hash: identical texts are adjacent, so they fall in one
+    commit batch and embed once, and each model batch holds texts of about one length, so little
+    of it is padding.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = ", ".join(f"chunks.{c}" for c in CHUNK_COLUMNS)
@@ -241,7 +243,7 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, path: Path) -> Path:
             from {CHUNKS_RELATION} as chunks
             inner join embed_plan as plan on chunks.chunk_id = plan.chunk_id
             where plan.needs_vector or plan.change = 'metadata_changed'
-            order by chunks.content_hash, chunks.chunk_id
+            order by chunks.token_count, chunks.content_hash, chunks.chunk_id
         ) to '{path}' (format parquet)
         """
     )

@@ -512,7 +512,8 @@ def render(summary: EvalSummary) -> str:
         + (f" ({skipped} without a relevant document not scored)" if skipped else "")
         + f", document level; {summary.index_table} v{summary.index_version}"
     )
-    overall = Table(title=title, title_justify="left")
+    console.print(title, markup=False)
+    overall = Table()
     overall.add_column("mode")
     overall.add_column("metric")
     for k in summary.ks:
@@ -542,7 +543,7 @@ def render(summary: EvalSummary) -> str:
         console.print(categories)
 
     if summary.status == "measured":
-        console.print("gates: not applied (a benchmark run)")
+        console.print("gates: not applied (--no-gates, or a benchmark)")
     elif summary.passed:
         baseline = f", no regression against {summary.baseline_run_id}" if summary.baseline_run_id else ""
         console.print(f"gates: PASSED ({summary.gates_checked} checked{baseline})")

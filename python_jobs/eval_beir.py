@@ -42,16 +42,7 @@ import yaml
 
 from python_jobs import eval_set
 from python_jobs.cli_support import emit, run_job
-from python_jobs.config import (
-    ENV_DBT_TARGET_PATH,
-    ENV_DUCKDB_PATH,
-    ENV_INDEX_DIR,
-    ENV_LANDING_DIR,
-    ENV_VARS,
-    PROJECT_DIR,
-    EvalSettings,
-    Settings,
-)
+from python_jobs.config import ENV_VARS, PROJECT_DIR, EvalSettings, Settings, workspace_env
 from python_jobs.errors import PipelineError
 from python_jobs.eval import EvalOptions, EvalSummary, run_eval, summary_json
 from python_jobs.search_filters import Filters
@@ -75,12 +66,7 @@ class BeirWorkspace:
 
     @property
     def paths(self) -> dict[str, str]:
-        return {
-            ENV_LANDING_DIR: str(self.landing),
-            ENV_DUCKDB_PATH: str(self.root / "warehouse.duckdb"),
-            ENV_INDEX_DIR: str(self.root / "index"),
-            ENV_DBT_TARGET_PATH: str(self.root / "target"),
-        }
+        return workspace_env(self.root)
 
 
 @dataclass

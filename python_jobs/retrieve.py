@@ -308,11 +308,13 @@ def render(result: SearchResult) -> str:
     from rich.table import Table
 
     unit = "documents" if result.per_document else "chunks"
-    table = Table(
-        title=f"{result.mode} search, top {result.k} {unit} ({result.index_table} v{result.index_version}; "
+    console = Console(width=160, file=io.StringIO())
+    console.print(
+        f"{result.mode} search, top {result.k} {unit} ({result.index_table} v{result.index_version}; "
         f"access {', '.join(result.access_levels)}; filters: {result.filters})",
-        title_justify="left",
+        markup=False,
     )
+    table = Table()
     for column, justify in (("#", "right"), ("score", "right"), ("doc", "left"), ("section", "left"), ("text", "left")):
         table.add_column(column, justify=justify, overflow="fold")
     for hit in result.hits:
@@ -324,7 +326,6 @@ def render(result: SearchResult) -> str:
             hit.heading_path,
             snippet[:160] + ("…" if len(snippet) > 160 else ""),
         )
-    console = Console(width=160, file=io.StringIO())
     console.print(table if result.hits else f"no {unit} found for {result.query!r}")
     return console.file.getvalue().rstrip()
 

@@ -23,6 +23,7 @@ from python_jobs.config import (
     ENV_VARS,
     PROJECT_DIR,
     Settings,
+    workspace_env,
 )
 
 sys.path.insert(0, str(PROJECT_DIR / "bench"))
@@ -44,29 +45,24 @@ class Workspace:
 
     @property
     def landing(self) -> Path:
-        return self.root / "landing"
+        return Path(self.paths[ENV_LANDING_DIR])
 
     @property
     def warehouse(self) -> Path:
-        return self.root / "warehouse.duckdb"
+        return Path(self.paths[ENV_DUCKDB_PATH])
 
     @property
     def index(self) -> Path:
-        return self.root / "index"
+        return Path(self.paths[ENV_INDEX_DIR])
 
     @property
     def target(self) -> Path:
-        return self.root / "target"
+        return Path(self.paths[ENV_DBT_TARGET_PATH])
 
     @property
     def paths(self) -> dict[str, str]:
         """Where this workspace's jobs and dbt read and write."""
-        return {
-            ENV_LANDING_DIR: str(self.landing),
-            ENV_DUCKDB_PATH: str(self.warehouse),
-            ENV_INDEX_DIR: str(self.index),
-            ENV_DBT_TARGET_PATH: str(self.target),
-        }
+        return workspace_env(self.root)
 
     @property
     def env(self) -> dict[str, str]:
