@@ -26,6 +26,14 @@ def run_job(job: Callable[[], T]) -> T:
         sys.exit(130)
 
 
+def progress_bar(enabled: bool | None, iterable=None, **options):
+    """A tqdm bar on stderr (stdout carries results and --json); `enabled` None means on a terminal only."""
+    from tqdm import tqdm
+
+    disable = not sys.stderr.isatty() if enabled is None else not enabled
+    return tqdm(iterable, file=sys.stderr, disable=disable, **options)
+
+
 def emit(summary: dict[str, Any], text: str, as_json: bool) -> None:
     """Print the summary as one JSON document (for machines) or as text (for people)."""
     if as_json:

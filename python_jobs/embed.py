@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,10 +40,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from python_jobs import quality_gate
-from python_jobs.cli_support import emit, run_job
+from python_jobs.cli_support import emit, progress_bar, run_job
 from python_jobs.config import Settings
 from python_jobs.embed_plan import (
     CLASSES,
@@ -397,14 +395,7 @@ def _apply(plan, table, cache, embedder: Embedder, settings: Settings, options: 
     embedded_earlier: set[str] = set()  # committed to the cache by an earlier batch of this run
     unpaid: set[str] = set()  # embedded by this run, not yet written to a row (see _rows_with_vectors)
     names = table.schema.names
-    progress = tqdm(
-        total=plan.texts_to_embed,
-        unit="chunk",
-        desc="embedding",
-        disable=(not sys.stderr.isatty()) if options.progress is None else not options.progress,
-        file=sys.stderr,
-        smoothing=0.1,
-    )
+    progress = progress_bar(options.progress, total=plan.texts_to_embed, unit="chunk", desc="embedding", smoothing=0.1)
     with progress:
         for rows in _staged_batches(plan.staged, settings.embedding.commit_rows):
             with_vectors = rows.filter(rows.column("needs_vector"))
@@ -520,12 +511,7 @@ def _merge_updates(plan, table, cache, unpaid: set[str], summary) -> None:
 def _rows_with_current_vectors(rows: pa.Table, model, table, schema_names: list[str], summary) -> pa.Table:
     """Index rows for metadata-only changes: new columns, the vector the index already holds."""
     chunk_ids = rows.column("chunk_id").to_pylist()
-    vectors: dict[str, np.ndarray] = {}
-    for start in range(0, len(chunk_ids), DELETE_BATCH):
-        group = chunk_ids[start : start + DELETE_BATCH]
-        found = table.search().where(sql_in("chunk_id", group)).select(["chunk_id", "vector"]).limit(None).to_arrow()
-        matrix = found.column("vector").combine_chunks().flatten().to_numpy().reshape(found.num_rows, -1)
-        vectors.update(zip(found.column("chunk_id").to_pylist(), matrix, strict=True))
+    vectors = _vectors_by(table, "chunk_id", chunk_ids)
     lost = [c for c in chunk_ids if c not in vectors]
     if lost:
         raise PipelineError(
@@ -582,13 +568,17 @@ def _with_model(rows: pa.Table, model) -> pa.Table:
 
 
 def _cached_vectors(cache, hashes: list[str]) -> dict[str, np.ndarray]:
+    return _vectors_by(cache, "content_hash", hashes)
+
+
+def _vectors_by(table, key: str, values: list[str]) -> dict[str, np.ndarray]:
+    """The vectors of the rows whose `key` is one of `values`, by that key (an indexed column)."""
     found: dict[str, np.ndarray] = {}
-    for start in range(0, len(hashes), DELETE_BATCH):
-        group = hashes[start : start + DELETE_BATCH]
-        rows = cache.search().where(sql_in("content_hash", group)).select(["content_hash", "vector"]).limit(None)
-        table = rows.to_arrow()
-        vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
-        found.update(zip(table.column("content_hash").to_pylist(), vectors, strict=True))
+    for start in range(0, len(values), DELETE_BATCH):
+        group = values[start : start + DELETE_BATCH]
+        rows = table.search().where(sql_in(key, group)).select([key, "vector"]).limit(None).to_arrow()
+        vectors = rows.column("vector").combine_chunks().flatten().to_numpy().reshape(rows.num_rows, -1)
+        found.update(zip(rows.column(key).to_pylist(), vectors, strict=True))
     return found
 
 

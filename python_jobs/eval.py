@@ -41,7 +41,7 @@ from typing import Any
 import click
 
 from python_jobs import eval_set as eval_sets
-from python_jobs.cli_support import emit, run_job
+from python_jobs.cli_support import emit, progress_bar, run_job
 from python_jobs.config import EvalSettings, Settings
 from python_jobs.retrieval_metrics import METRICS, evaluate
 from python_jobs.retrieve import Retriever
@@ -259,16 +259,8 @@ def run_eval(
 
 
 def _ask_all(retriever: Retriever, evaluation, mode: str, depth: int, options: EvalOptions) -> dict[str, dict]:
-    from tqdm import tqdm
-
     answers = {}
-    questions = tqdm(
-        evaluation.questions,
-        desc=f"eval {mode}",
-        unit="q",
-        file=sys.stderr,
-        disable=(not sys.stderr.isatty()) if options.progress is None else not options.progress,
-    )
+    questions = progress_bar(options.progress, evaluation.questions, desc=f"eval {mode}", unit="q")
     for question in questions:
         started = time.perf_counter()
         result = retriever.search(

@@ -41,7 +41,7 @@ import click
 import yaml
 
 from python_jobs import eval_set
-from python_jobs.cli_support import emit, run_job
+from python_jobs.cli_support import emit, progress_bar, run_job
 from python_jobs.config import ENV_VARS, PROJECT_DIR, EvalSettings, Settings, workspace_env
 from python_jobs.errors import PipelineError
 from python_jobs.eval import EvalOptions, EvalSummary, run_eval, summary_json
@@ -95,21 +95,13 @@ class BeirReport:
 
 def land_corpus(corpus: Path, landing: Path, progress: bool | None = None) -> LandingReport:
     """Write each corpus record as a landing document; leave unchanged ones alone, remove the gone."""
-    from tqdm import tqdm
-
     directory = landing / LANDING_SUBDIR
     directory.mkdir(parents=True, exist_ok=True)
     # A record's updated_at is when its content last changed as landing saw it: kept from the
     # landed file while the record is the same, so a rerun lands (and embeds) nothing.
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     report, seen = LandingReport(), set()
-    records = tqdm(
-        eval_set.read_jsonl(corpus),
-        desc="landing corpus",
-        unit="doc",
-        file=sys.stderr,
-        disable=(not sys.stderr.isatty()) if progress is None else not progress,
-    )
+    records = progress_bar(progress, eval_set.read_jsonl(corpus), desc="landing corpus", unit="doc")
     for line_number, record in records:
         doc_id, title, text = record.get("_id"), record.get("title") or "", record.get("text")
         if not isinstance(doc_id, str | int) or not str(doc_id).strip() or not isinstance(text, str):
