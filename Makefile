@@ -28,11 +28,13 @@ ifdef INDEX
 export RP_INDEX_DIR := $(abspath $(INDEX))
 endif
 
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 # dbt through a thin wrapper that turns a held warehouse lock into one clear message.
 DBT := $(BIN)/python -m python_jobs.run_dbt
 JOB := $(BIN)/python -m python_jobs
 
-.PHONY: help setup data ingest build chunks freshness embed verify query eval eval-beir docs docs-generate demo bench bench-warehouse bench-chunking bench-embed test lint format clean distclean
+.PHONY: help setup setup-browser data ingest build chunks freshness embed verify query eval eval-beir report pipeline sql docs docs-generate demo bench bench-warehouse bench-chunking bench-embed bench-report test lint format clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,6 +47,11 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 setup: $(STAMP) ## Create .venv and install the pinned stack (idempotent)
+
+# Debian's chromium, for the dashboard's browser test (playwright drives it; no browser download).
+setup-browser: ## Install Debian's chromium for the browser test (apt; needs root or sudo)
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@chromium --version
 
 data: $(STAMP) ## Generate a synthetic landing zone: make data SCALE=100000 [ARGS="--mutate 0.01"]
 	$(BIN)/python bench/generate_data.py --scale $(SCALE) --out data/generated/scale-$(SCALE) $(ARGS)
@@ -78,6 +85,16 @@ eval-beir: $(STAMP) ## A BEIR dataset end to end in its own workspace: make eval
 	@test -n "$(DATA)" || { echo 'usage: make eval-beir DATA=path/to/beir/dataset' >&2; exit 2; }
 	$(JOB).eval_beir "$(DATA)" $(ARGS)
 
+report: $(STAMP) ## Refresh the ops marts and write the HTML dashboard (vars.ops.report_path) [ARGS="--out path --no-refresh --json"]
+	$(JOB).report $(ARGS)
+
+sql: $(STAMP) ## One read-only query against the warehouse: make sql Q="select * from observability.ops_node_status where is_failure"
+	@test -n "$(Q)" || { echo 'usage: make sql Q="select ..."' >&2; exit 2; }
+	$(JOB).sql "$(Q)" $(ARGS)
+
+pipeline: $(STAMP) ## ingest, build, freshness, embed, eval, report: stops and alerts at the first failure [ARGS=--full-refresh]
+	$(JOB).pipeline $(ARGS)
+
 docs-generate: $(STAMP)
 	$(DBT) docs generate
 
@@ -86,15 +103,13 @@ docs: docs-generate ## Generate and serve the dbt docs with the lineage graph (o
 
 demo: $(STAMP) ## Run the whole pipeline on the shipped sample data
 	# The demo replays the sample delivery, so freshness reflects this run, not the clone date.
-	$(JOB).ingest --full-refresh
-	$(DBT) build
-	$(DBT) source freshness
-	$(JOB).embed
+	# ingest, build, freshness, embed, eval and the dashboard, stopping at the first failure.
+	$(JOB).pipeline --full-refresh
 	$(DBT) show --quiet --limit 10 --inline "$$(cat analyses/chunk_summary.sql)"
-	$(JOB).eval
 	@echo "Demo complete: warehouse at $${RP_DUCKDB_PATH:-data/warehouse/retrieval.duckdb}, index at $${RP_INDEX_DIR:-data/index}; 'make docs' shows the lineage."
+	@echo "Dashboard: $$($(BIN)/python -c 'from python_jobs.config import Settings; print(Settings.load().report_path)')"
 
-bench: bench-warehouse bench-chunking bench-embed ## All benchmarks on generated data, figures printed: make bench SCALE=100000
+bench: bench-warehouse bench-chunking bench-embed bench-report ## All benchmarks on generated data, figures printed: make bench SCALE=100000
 
 bench-warehouse: $(STAMP) ## Ingest and dbt build at SCALE documents
 	$(BIN)/python bench/bench_warehouse.py --scale $(SCALE) $(ARGS)
@@ -104,6 +119,9 @@ bench-chunking: $(STAMP) ## Chunking throughput and edit locality at SCALE docum
 
 bench-embed: $(STAMP) ## Embedding: model path (real model) and index mechanics at SCALE documents
 	$(BIN)/python bench/bench_embed.py --scale $(SCALE) $(ARGS)
+
+bench-report: $(STAMP) ## make report (ops marts refresh + dashboard) at SCALE documents, stand-in index
+	$(BIN)/python bench/bench_report.py --scale $(SCALE) $(ARGS)
 
 test: $(STAMP) ## Run the full test suite
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -9,11 +9,14 @@ benchmark can point the whole pipeline at its own landing zone and warehouse.
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -27,17 +30,24 @@ ENV_DUCKDB_PATH = "RP_DUCKDB_PATH"
 ENV_INDEX_DIR = "RP_INDEX_DIR"
 ENV_DBT_TARGET_PATH = "DBT_TARGET_PATH"  # dbt's own: where it writes its artifacts
 ENV_VARS = "RP_VARS"  # YAML mapping merged over vars, like `dbt --vars`, for the Python jobs
+ENV_ALERTS_FILE = "RP_ALERTS_FILE"
+ENV_ALERT_WEBHOOK_URL = "RP_ALERT_WEBHOOK_URL"
+ENV_REPORT_PATH = "RP_REPORT_PATH"
 DEFAULT_DUCKDB_PATH = "data/warehouse/retrieval.duckdb"
+DEFAULT_ALERTS_FILE = "data/alerts/alerts.jsonl"
+DEFAULT_REPORT_PATH = "data/reports/dashboard.html"
 
 
 def workspace_env(root: Path) -> dict[str, str]:
-    """The environment that points every job and dbt at one self-contained workspace under `root`:
-    its landing zone, warehouse, index and dbt target dir (benchmark datasets and tests use these)."""
+    """The environment that points every job and dbt at one self-contained workspace under `root`: its
+    landing zone, warehouse, index, dbt target dir, alerts file and dashboard (for benchmarks and tests)."""
     return {
         ENV_LANDING_DIR: str(root / "landing"),
         ENV_DUCKDB_PATH: str(root / "warehouse.duckdb"),
         ENV_INDEX_DIR: str(root / "index"),
         ENV_DBT_TARGET_PATH: str(root / "target"),
+        ENV_ALERTS_FILE: str(root / "alerts.jsonl"),
+        ENV_REPORT_PATH: str(root / "reports" / "dashboard.html"),
     }
 
 
@@ -196,6 +206,96 @@ def _gate(entry: Any) -> tuple[str, str, float]:
         ) from None
 
 
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Where alerts are POSTed: `vars.alerts.webhook`. An empty url means no webhook."""
+
+    url: str = ""
+    timeout_seconds: float = 5.0  # per attempt
+    retries: int = 3  # extra attempts after the first, on connection errors, timeouts, 429 and 5xx
+    backoff_seconds: float = 0.5  # urllib3's backoff factor
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may carry a token: kept out of logs
+
+    KEYS = ("url", "timeout_seconds", "retries", "backoff_seconds", "headers")
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where alerts go (python_jobs/alerts.py): `vars.alerts` in dbt_project.yml."""
+
+    jsonl_path: Path = PROJECT_DIR / DEFAULT_ALERTS_FILE
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+
+    KEYS = ("jsonl_path", "webhook")
+
+    @classmethod
+    def from_vars(
+        cls, values: Mapping[str, Any], resolve: Callable[[str], Path], env: Mapping[str, str]
+    ) -> AlertSettings:
+        """From `vars.alerts`; RP_ALERTS_FILE and RP_ALERT_WEBHOOK_URL override the file and the url."""
+        _check_keys(values, cls.KEYS, "vars.alerts")
+        path = env.get(ENV_ALERTS_FILE) or values.get("jsonl_path") or DEFAULT_ALERTS_FILE
+        if not isinstance(path, str):
+            raise ConfigError(f"vars.alerts.jsonl_path must be a file path, got {path!r}")
+        hook = values.get("webhook") or {}
+        _check_keys(hook, WebhookSettings.KEYS, "vars.alerts.webhook")
+        url = str(env.get(ENV_ALERT_WEBHOOK_URL) or hook.get("url") or "").strip()
+        parts = urlsplit(url)
+        if url and (parts.scheme not in ("http", "https") or not parts.hostname):
+            where = ENV_ALERT_WEBHOOK_URL if env.get(ENV_ALERT_WEBHOOK_URL) else "vars.alerts.webhook.url"
+            raise ConfigError(f"{where} must be an http:// or https:// URL (or empty for no webhook), got {url!r}")
+        defaults = WebhookSettings()
+        webhook = WebhookSettings(
+            url=url,
+            timeout_seconds=_number(hook, "timeout_seconds", defaults.timeout_seconds, positive=True),
+            retries=_number(hook, "retries", defaults.retries, whole=True),
+            backoff_seconds=_number(hook, "backoff_seconds", defaults.backoff_seconds),
+            # Unused without a url, so a header naming an unset variable only matters with one.
+            headers=_headers(hook.get("headers") or {}, env) if url else {},
+        )
+        return cls(jsonl_path=resolve(path), webhook=webhook)
+
+
+def _check_keys(values: Any, known: tuple[str, ...], where: str) -> None:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where} must be a mapping of settings, got {values!r}")
+    unknown = [str(key) for key in values if key not in known]
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting {', '.join(unknown)}; known settings are {', '.join(known)}")
+
+
+def _number(values: Mapping[str, Any], key: str, default: float, *, positive: bool = False, whole: bool = False):
+    """A number from `vars.alerts.webhook`, checked by hand: YAML gives numbers, and a typo must not pass."""
+    value = values.get(key, default)
+    if whole:
+        fits, wanted = isinstance(value, int) and value >= 0, "a whole number, 0 or more"
+    else:
+        fits = isinstance(value, int | float) and math.isfinite(value) and (value > 0 if positive else value >= 0)
+        wanted = "a positive number" if positive else "a number, 0 or more"
+    if isinstance(value, bool) or not fits:
+        raise ConfigError(f"vars.alerts.webhook.{key} must be {wanted}, got {value!r}")
+    return value
+
+
+def _headers(values: Any, env: Mapping[str, str]) -> dict[str, str]:
+    """Webhook headers, with ${NAME} read from the environment so a token stays out of the repository."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"vars.alerts.webhook.headers must be a mapping of header names to values, got {values!r}")
+    headers = {}
+    for name, value in values.items():
+        where = f"vars.alerts.webhook.headers.{name}"
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a text value, got {value!r}")
+        missing = [ref for ref in re.findall(r"\$\{(\w+)\}", str(value)) if ref not in env]
+        if missing:
+            raise ConfigError(f"{where} uses ${{{missing[0]}}}, which is not set in the environment")
+        text = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], str(value))
+        if "\n" in text or "\r" in text:
+            raise ConfigError(f"{where} must be one line")
+        headers[str(name)] = text
+    return headers
+
+
 def _vars_override(text: str | None) -> Mapping[str, Any]:
     if not text:
         return {}
@@ -236,12 +336,16 @@ class Settings:
     warehouse_path: Path
     index_dir: Path
     dbt_target_dir: Path
+    dbt_log_dir: Path
+    report_path: Path = Path(DEFAULT_REPORT_PATH)
+    vars_override: str | None = None  # RP_VARS as given: dbt gets it as --vars, so both read one config
     raw_schema: str = "raw"
     ops_schema: str = "ops"
     ingest: IngestSettings = field(default_factory=IngestSettings)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     vars: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -282,14 +386,32 @@ class Settings:
             warehouse_path=resolve(str(warehouse)),
             index_dir=resolve(str(index_dir)),
             dbt_target_dir=resolve(str(target_dir)),
+            # Beside the target dir (the project's logs/ by default), so each workspace has its own.
+            dbt_log_dir=resolve(env.get("DBT_LOG_PATH") or str(Path(str(target_dir)).parent / "logs")),
+            vars_override=env.get(ENV_VARS) or None,
+            report_path=resolve(
+                str(
+                    env.get(ENV_REPORT_PATH)
+                    or (project_vars.get("ops") or {}).get("report_path")
+                    or DEFAULT_REPORT_PATH
+                )
+            ),
             raw_schema=str(project_vars.get("raw_schema", "raw")),
             ops_schema=str(project_vars.get("ops_schema", "ops")),
             ingest=ingest,
             retrieval=RetrievalSettings.from_vars(project_vars.get("retrieval") or {}),
             embedding=EmbeddingSettings.from_vars(embedding_vars),
             eval=EvalSettings.from_vars(project_vars.get("eval") or {}),
+            alerts=AlertSettings.from_vars(project_vars.get("alerts") or {}, resolve, env),
             vars=project_vars,
         )
+
+    def dbt_vars(self) -> str | None:
+        """RP_VARS for dbt's --vars: dbt replaces whole top-level vars, so pass them merged as the jobs see them."""
+        if not self.vars_override:
+            return None
+        keys = _vars_override(self.vars_override).keys()
+        return json.dumps({key: self.vars[key] for key in keys}, default=str)
 
     def dbt_env(self) -> dict[str, str]:
         """Environment for a dbt subprocess so it opens the same warehouse as the jobs."""

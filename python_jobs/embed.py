@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from python_jobs import quality_gate
+from python_jobs import index_snapshot, quality_gate
 from python_jobs.cli_support import emit, progress_bar, run_job
 from python_jobs.config import Settings
 from python_jobs.embed_plan import (
@@ -237,6 +237,8 @@ def embed(settings: Settings, options: EmbedOptions | None = None, embedder: Emb
         record(settings.warehouse_path, ledger(settings), summary.ledger_row(started))
         try:
             _run(settings, options, summary, embedder)
+            # The ops marts' copy of what the index holds (only when the published version moved).
+            index_snapshot.refresh(settings.warehouse_path, settings.ops_schema, index)
             summary.status = "success"
         except BaseException as exc:
             summary.status = {

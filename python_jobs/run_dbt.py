@@ -5,6 +5,10 @@ before dbt starts, and if dbt still loses a race for it, replaces the traceback 
 same one-line message every job gives. Everything else dbt prints passes through as is,
 and dbt's exit code is this command's exit code.
 
+After a build, run, test, seed, snapshot or `source freshness`, whatever its outcome, the
+results are recorded in the ops tables (python_jobs/dbt_results.py) for the ops marts,
+the dashboard and the alerts.
+
 Example:
     python -m python_jobs.run_dbt build --select customers+
     python -m python_jobs.run_dbt source freshness
@@ -15,8 +19,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
+from python_jobs import dbt_results
 from python_jobs.cli_support import run_job
 from python_jobs.config import Settings
 from python_jobs.errors import WarehouseLockedError
@@ -26,14 +34,30 @@ from python_jobs.warehouse import connect, lock_message
 LOCK_ERROR = "Could not set lock on file"
 
 
-def run_dbt(settings: Settings, args: list[str]) -> int:
-    """Run `dbt <args>` in the project; returns dbt's exit code."""
+@dataclass
+class DbtRun:
+    exit_code: int
+    captured: dbt_results.Captured | None  # what was recorded; None for commands not recorded
+
+
+def run_dbt(settings: Settings, args: list[str], output: TextIO | None = None) -> DbtRun:
+    """Run `dbt <args>` in the project: dbt's exit code, and the results recorded in the ops tables.
+
+    dbt's output goes to `output` (stdout by default; stderr for a job whose stdout is --json)."""
+    output = output or sys.stdout
     connect(settings.warehouse_path).close()  # fails fast, and clearly, if another process holds it
     dbt = Path(sys.executable).with_name("dbt")
+    log_dir = settings.dbt_log_dir
+    log_file = log_dir / "dbt.log"
+    started = datetime.now(UTC)
+    offset = log_file.stat().st_size if log_file.is_file() else 0
+    env = settings.dbt_env() | {"DBT_LOG_PATH": str(log_dir), "DBT_LOG_FORMAT_FILE": "json"}
+    if settings.vars_override and args[:1] != ["deps"] and "--vars" not in args:
+        args = [*args, "--vars", settings.dbt_vars()]  # what the Python jobs read, dbt reads too
     proc = subprocess.Popen(
         [str(dbt), *args],
         cwd=settings.project_dir,
-        env=settings.dbt_env(),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -42,19 +66,32 @@ def run_dbt(settings: Settings, args: list[str]) -> int:
     traceback: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
-        if traceback or line.startswith("Traceback (most recent call last)"):
+        if traceback or "Traceback (most recent call last)" in line:
             traceback.append(line)  # held back until we know whether it is a lock conflict
         else:
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            output.write(line)
+            output.flush()
     code = proc.wait()
     text = "".join(traceback)
     if LOCK_ERROR in text:
         raise WarehouseLockedError(lock_message(settings.warehouse_path, text))
-    sys.stdout.write(text)
+    output.write(text)
     if args and args[0] in TESTING_COMMANDS:
         _keep_build_artifacts(settings.dbt_target_dir)
-    return code
+    if not dbt_results.is_recorded(args) or _asks_for_help(args):
+        return DbtRun(code, None)
+    run = dbt_results.Invocation(args, proc.pid, log_file, offset, started, exit_code=code)
+    captured = dbt_results.capture(settings.warehouse_path, settings.ops_schema, settings.dbt_target_dir, run)
+    table = "dbt_source_freshness" if run.command == "source freshness" else "dbt_node_results"
+    output.write(
+        f"Recorded {len(captured.nodes) + len(captured.freshness)} results of dbt invocation "
+        f"{captured.invocation['invocation_id']} in {settings.ops_schema}.{table}\n"
+    )
+    return DbtRun(code, captured)
+
+
+def _asks_for_help(args: list[str]) -> bool:
+    return bool({"-h", "--help"} & set(args))
 
 
 def _keep_build_artifacts(target: Path) -> None:
@@ -69,7 +106,8 @@ def _keep_build_artifacts(target: Path) -> None:
 
 def main() -> None:
     settings = Settings.load()
-    sys.exit(run_job(lambda: run_dbt(settings, sys.argv[1:])))
+    code = run_job(lambda: run_dbt(settings, sys.argv[1:]).exit_code)
+    sys.exit(128 - code if code < 0 else code)  # dbt killed by signal N: exit 128 + N, as a shell reports it
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from python_jobs.warehouse import connect
@@ -100,3 +101,25 @@ def _ensure(con, ledger: Ledger) -> None:
     for name, kind in ledger.columns.items():
         if name not in existing:
             con.execute(f"alter table {ledger.relation} add column {name} {kind}")
+
+
+def replace_all(warehouse: Path, ledger: Ledger, rows: pa.Table) -> None:
+    """Replace every row of a snapshot table with `rows`, in one transaction."""
+    with connect(warehouse) as con:
+        con.execute("begin")
+        _ensure(con, ledger)
+        con.execute(f"delete from {ledger.relation}")
+        con.register("_snapshot_rows", rows)
+        casts = ", ".join(f"cast({name} as {kind}) as {name}" for name, kind in ledger.columns.items())
+        con.execute(f"insert into {ledger.relation} by name select {casts} from _snapshot_rows")
+        con.unregister("_snapshot_rows")
+        con.execute("commit")
+
+
+def has_rows(warehouse: Path, ledger: Ledger, where: str, parameters: Sequence[Any] = ()) -> bool:
+    """Whether the ledger has a row matching `where` (false when it does not exist yet)."""
+    with connect(warehouse, read_only=True) as con:
+        try:
+            return con.execute(f"select count(*) from {ledger.relation} where {where}", parameters).fetchone()[0] > 0
+        except duckdb.CatalogException:
+            return False

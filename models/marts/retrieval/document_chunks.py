@@ -10,10 +10,12 @@ import pyarrow as pa
 
 from python_jobs.chunking import FINGERPRINT_COLUMNS, chunk_table, document_fingerprint
 from python_jobs.config import RetrievalSettings
+from python_jobs.failpoints import failpoint
 
 
 def model(dbt, session):
     dbt.config(materialized="incremental", incremental_strategy="delete+insert", unique_key="doc_id")
+    failpoint("dbt_document_chunks")  # tests kill dbt here to prove its finished nodes are still recorded
     settings = dbt.ref("chunking_settings").to_arrow_table().to_pylist()[0]
     config_hash = settings["chunking_config_hash"]
     documents = dbt.ref("documents")

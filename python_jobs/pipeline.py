@@ -1,0 +1,230 @@
+"""`make pipeline`: ingest, build, freshness, embed, eval and report, stopping at the first failure.
+
+Each step runs in this process and is judged by what it recorded, not only its exit code:
+
+    ingest     the ingest job                    error: it failed (a malformed file, a lock, ...)
+    build      dbt build, results recorded       error: a model errored or a test failed at severity error
+    freshness  dbt source freshness              error: a source is past error_after; warn: past warn_after
+    embed      the incremental embedding job     error: quality gate, budget, or any failure
+    eval       the seeded questions, with gates  error: a gate failed or a metric regressed
+    report     ops marts and the dashboard       error: the index is past its SLA; warn: chunks
+                                                 pending, the weekly budget spent, flaky tests
+
+At the first error the data steps stop and one alert is printed, naming the failing node or
+metric, its owner and email, the error and where to look; the report is still written, so the
+dashboard shows the failure. Every alert, warnings too, goes to the sinks in `vars.alerts` (a
+JSON-lines file, and a webhook if configured). The exit code is the failing step's.
+
+Example:
+    python -m python_jobs.pipeline --full-refresh
+    python -m python_jobs.pipeline --json > summary.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import click
+
+from python_jobs import embed, findings, ingest, report, report_data
+from python_jobs import eval as evaluation
+from python_jobs.alerts import Alert, send
+from python_jobs.cli_support import emit, run_job
+from python_jobs.config import Settings
+from python_jobs.errors import PipelineError, WarehouseLockedError
+from python_jobs.run_dbt import run_dbt
+
+STEPS = ("ingest", "build", "freshness", "embed", "eval", "report")
+# What the report step alerts on; the other kinds were raised by the step they belong to.
+REPORT_KINDS = frozenset({"index_stale", "budget_exceeded", "flaky_test"})
+
+
+@dataclass
+class StepResult:
+    step: str
+    status: str = "skipped"  # ok, warn, failed or skipped
+    exit_code: int = 0
+    seconds: float = 0.0
+    alerts: list[Alert] = field(default_factory=list)
+
+    def fail(self, alert: Alert, exit_code: int) -> StepResult:
+        self.status, self.exit_code = "failed", exit_code or 1
+        self.alerts.append(alert)
+        return self
+
+
+@dataclass
+class PipelineOptions:
+    full_refresh: bool = False
+    output: TextIO | None = None  # where the steps print (stderr when stdout is --json)
+
+
+@dataclass
+class PipelineSummary:
+    steps: list[StepResult] = field(default_factory=list)
+    failed_step: str | None = None
+    report_path: str | None = None
+    undelivered: list[str] = field(default_factory=list)  # sink warnings
+
+    @property
+    def exit_code(self) -> int:
+        return next((s.exit_code for s in self.steps if s.status == "failed"), 0)
+
+
+def run_pipeline(settings: Settings, options: PipelineOptions | None = None) -> PipelineSummary:
+    options = options or PipelineOptions()
+    out = options.output or sys.stdout
+    summary = PipelineSummary()
+    for name in STEPS:
+        result = StepResult(name)
+        summary.steps.append(result)
+        if summary.failed_step and name != "report":
+            continue  # the report still runs: the dashboard shows the failure
+        print(f"\n== {name} ==", file=out, flush=True)
+        clock = time.perf_counter()
+        with contextlib.redirect_stdout(out):
+            _run_step(name, settings, options, result, summary)
+        result.seconds = time.perf_counter() - clock
+        for alert in result.alerts:
+            _deliver(alert, settings, summary, out)
+        if result.status == "failed" and not summary.failed_step:
+            summary.failed_step = name
+    return summary
+
+
+def _run_step(name: str, settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
+    try:
+        STEP_FUNCTIONS[name](settings, options, result, summary)
+        if result.status == "skipped":
+            result.status = "warn" if result.alerts else "ok"
+    except WarehouseLockedError as exc:
+        result.fail(findings.job_failure(name, exc, kind="warehouse_locked"), exc.exit_code)
+    except embed.BudgetExceededError as exc:
+        result.fail(findings.job_failure(name, exc, kind="budget_exceeded"), exc.exit_code)
+    except PipelineError as exc:
+        result.fail(findings.job_failure(name, exc), exc.exit_code)
+
+
+def _ingest(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
+    ran = ingest.ingest(settings, full_refresh=options.full_refresh)
+    print(ingest.render(ran))
+
+
+def _build(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
+    _dbt_step("build", ["build"], settings, options, result)
+
+
+def _freshness(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
+    _dbt_step("freshness", ["source", "freshness"], settings, options, result)
+
+
+def _dbt_step(step: str, args: list[str], settings: Settings, options: PipelineOptions, result: StepResult) -> None:
+    ran = run_dbt(settings, args, output=options.output or sys.stdout)
+    captured = ran.captured
+    invocation_id = captured.invocation["invocation_id"] if captured else None
+    if captured and captured.failures:
+        result.fail(findings.step_alert(step, captured.failures, invocation_id), ran.exit_code)
+    elif ran.exit_code != 0:  # no node failed: dbt itself did (a compile error, a crash)
+        error = PipelineError(
+            f"dbt {' '.join(args)} exited {ran.exit_code} with no failing node recorded; "
+            f"its log is {settings.dbt_log_dir / 'dbt.log'}"
+        )
+        result.fail(findings.job_failure(step, error), ran.exit_code)
+    stale = [row for row in (captured.freshness if captured else []) if row["status"] == "warn"]
+    if stale:
+        result.alerts.append(findings.step_alert(step, stale, invocation_id, level="warn"))
+
+
+def _embed(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
+    ran = embed.embed(settings)
+    print(embed.render(ran))
+
+
+def _eval(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
+    ran = evaluation.run_eval(settings)
+    print(evaluation.render(ran))
+    if not ran.passed:
+        result.fail(findings.eval_failure("eval", ran, ran.run_id), evaluation.GATE_FAILED_EXIT)
+
+
+def _report(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
+    ran = report.build_report(settings)
+    summary.report_path = ran.path
+    print(report.render(ran))
+    found = [a for a in findings.from_marts(report_data.load(settings.warehouse_path)) if a.kind in REPORT_KINDS]
+    errors = [a for a in found if a.level == "error"]
+    result.alerts += [a for a in found if a.level != "error"]
+    if errors:
+        result.fail(errors[0], 1)
+        result.alerts += errors[1:]
+
+
+STEP_FUNCTIONS: dict[str, Callable[..., None]] = {
+    "ingest": _ingest,
+    "build": _build,
+    "freshness": _freshness,
+    "embed": _embed,
+    "eval": _eval,
+    "report": _report,
+}
+
+
+def _deliver(alert: Alert, settings: Settings, summary: PipelineSummary, out: TextIO) -> None:
+    click.secho(alert.render(), fg="red" if alert.level == "error" else "yellow", err=True)
+    for sink in send(alert, settings.alerts):
+        if not sink.ok:
+            summary.undelivered.append(f"{sink.sink}: {sink.detail}")
+            click.secho(f"warning: alert not delivered to {sink.sink}: {sink.detail}", fg="yellow", err=True)
+
+
+def render(summary: PipelineSummary) -> str:
+    lines = ["", "Pipeline:"]
+    for step in summary.steps:
+        alerts = f", {len(step.alerts)} alert(s)" if step.alerts else ""
+        timing = f"{step.seconds:6.1f} s" if step.status != "skipped" else "       "
+        lines.append(f"  {step.step:<10} {step.status:<8} {timing}{alerts}")
+    if summary.failed_step:
+        lines.append(f"Stopped at {summary.failed_step}: see the alert above.")
+    if summary.report_path:
+        lines.append(f"Dashboard: {summary.report_path}")
+    return "\n".join(lines)
+
+
+def summary_json(summary: PipelineSummary) -> dict[str, Any]:
+    return {
+        "exit_code": summary.exit_code,
+        "failed_step": summary.failed_step,
+        "report_path": summary.report_path,
+        "undelivered_alerts": summary.undelivered,
+        "steps": [
+            {
+                "step": s.step,
+                "status": s.status,
+                "exit_code": s.exit_code,
+                "seconds": round(s.seconds, 3),
+                "alerts": [a.to_json() for a in s.alerts],
+            }
+            for s in summary.steps
+        ],
+    }
+
+
+@click.command()
+@click.option("--full-refresh", is_flag=True, help="Re-read every landing file (ingest --full-refresh).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary; step output goes to stderr.")
+def main(full_refresh: bool, as_json: bool) -> None:
+    """Run every step in order, stop at the first failure, alert, and write the dashboard."""
+    settings = run_job(Settings.load)
+    options = PipelineOptions(full_refresh=full_refresh, output=sys.stderr if as_json else sys.stdout)
+    summary = run_job(lambda: run_pipeline(settings, options))
+    emit(summary_json(summary), render(summary), as_json)
+    sys.exit(summary.exit_code)
+
+
+if __name__ == "__main__":
+    main()
