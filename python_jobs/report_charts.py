@@ -19,11 +19,16 @@ MODE_COLOURS = {"vector": "#2e86c1", "fts": "#8e44ad", "hybrid": "#16a085"}
 TREND_METRICS = ("ndcg@10", "hit_rate@5", "mrr@10", "recall@10")
 LAYOUT = dict(
     template="plotly_white",
-    height=340,
-    margin=dict(l=60, r=20, t=40, b=50),
-    legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+    height=360,
+    # the title at the very top, the legend between it and the plot: neither covers the other
+    margin=dict(l=60, r=20, t=90, b=60),
+    legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
     font=dict(family="system-ui, -apple-system, Segoe UI, sans-serif", size=12),
 )
+
+
+def _titled(text: str) -> dict:
+    return dict(text=text, x=0, xanchor="left", y=0.98, yanchor="top")
 
 
 def all_charts(data: DashboardData) -> dict[str, go.Figure | None]:
@@ -57,7 +62,7 @@ def source_lag(data: DashboardData) -> go.Figure | None:
                 name=label,
             )
         )
-    fig.update_layout(title="Source lag against its SLA", yaxis_title="hours", **LAYOUT)
+    fig.update_layout(title=_titled("Source lag against its SLA"), yaxis_title="hours", **LAYOUT)
     return fig
 
 
@@ -72,7 +77,7 @@ def source_lag_history(data: DashboardData) -> go.Figure | None:
                 x=[r["checked_at"] for r in rows], y=[r["lag_hours"] for r in rows], mode="lines+markers", name=source
             )
         )
-    fig.update_layout(title="Source lag at each freshness check", yaxis_title="hours", **LAYOUT)
+    fig.update_layout(title=_titled("Source lag at each freshness check"), yaxis_title="hours", **LAYOUT)
     return fig
 
 
@@ -80,13 +85,15 @@ def index_lag(data: DashboardData) -> go.Figure | None:
     bins = data.index_lag_bins
     if not bins:
         return None
-    labels = [f"{b['from_hours']:.1f}–{b['to_hours']:.1f} h" for b in bins]
+    # documents edited long before they were indexed put the lag in days
+    unit, per = ("d", 24.0) if bins[-1]["to_hours"] > 72 else ("h", 1.0)
+    labels = [f"{b['from_hours'] / per:.1f}–{b['to_hours'] / per:.1f} {unit}" for b in bins]
     fig = go.Figure(go.Bar(x=labels, y=[b["chunks"] for b in bins], marker_color="#2e86c1", name="chunks"))
     summary = data.index_freshness
     title = "Index lag: document updated_at to indexed_at"
     if summary.get("lag_p50_hours") is not None:
-        title += f" (p50 {summary['lag_p50_hours']:.1f} h, p95 {summary['lag_p95_hours']:.1f} h)"
-    fig.update_layout(title=title, xaxis_title="lag", yaxis_title="current chunks", **LAYOUT)
+        title += f" (p50 {summary['lag_p50_hours'] / per:.1f} {unit}, p95 {summary['lag_p95_hours'] / per:.1f} {unit})"
+    fig.update_layout(title=_titled(title), xaxis_title="lag", yaxis_title="current chunks", **LAYOUT)
     return fig
 
 
@@ -128,7 +135,9 @@ def eval_trend(data: DashboardData) -> go.Figure | None:
                 fig.add_hline(
                     y=floor, line_dash="dash", line_color=MODE_COLOURS.get(mode, MUTED), row=row + 1, col=col + 1
                 )
-    fig.update_layout(title="Retrieval quality per eval run (x: regression or below its gate; dashes: gates)", **LAYOUT)
+    fig.update_layout(
+        title=_titled("Retrieval quality per eval run (x: regression or below its gate; dashes: gates)"), **LAYOUT
+    )
     fig.update_layout(height=560)
     return fig
 
@@ -140,7 +149,7 @@ def test_pass_rate(data: DashboardData) -> go.Figure | None:
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
-            x=[b["started_at"] for b in builds],
+            x=_run_labels(builds),
             y=[b["test_pass_rate"] for b in builds],
             mode="lines+markers",
             name="pass rate",
@@ -151,7 +160,10 @@ def test_pass_rate(data: DashboardData) -> go.Figure | None:
             hovertemplate="%{x}<br>%{text}<extra></extra>",
         )
     )
-    fig.update_layout(title="Test pass rate per dbt run", yaxis=dict(range=[0, 1.05], tickformat=".0%"), **LAYOUT)
+    fig.update_layout(
+        title=_titled("Test pass rate per dbt run"), yaxis=dict(range=[0, 1.05], tickformat=".0%"), **LAYOUT
+    )
+    fig.update_xaxes(type="category")
     return fig
 
 
@@ -159,7 +171,7 @@ def chunk_churn(data: DashboardData) -> go.Figure | None:
     runs = data.churn
     if not runs:
         return None
-    x = [r["embed_run_id"] for r in runs]
+    x = _run_labels(runs)
     fig = go.Figure()
     for key, colour in (
         ("chunks_new", OK),
@@ -173,7 +185,7 @@ def chunk_churn(data: DashboardData) -> go.Figure | None:
                 x=x, y=[r[key] for r in runs], name=key.removeprefix("chunks_").replace("_", " "), marker_color=colour
             )
         )
-    fig.update_layout(title="Chunk churn per embedding run", barmode="stack", yaxis_title="chunks", **LAYOUT)
+    fig.update_layout(title=_titled("Chunk churn per embedding run"), barmode="stack", yaxis_title="chunks", **LAYOUT)
     fig.update_xaxes(type="category")
     return fig
 
@@ -182,7 +194,7 @@ def cost_per_run(data: DashboardData) -> go.Figure | None:
     runs = data.costs
     if not runs:
         return None
-    x = [r["embed_run_id"] for r in runs]
+    x = _run_labels(runs)
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_trace(
         go.Bar(x=x, y=[r["estimated_cost_usd"] for r in runs], name="estimated cost (USD)", marker_color="#2e86c1")
@@ -193,7 +205,7 @@ def cost_per_run(data: DashboardData) -> go.Figure | None:
         ),
         secondary_y=True,
     )
-    fig.update_layout(title="Embedding cost and vector reuse per run", **LAYOUT)
+    fig.update_layout(title=_titled("Embedding cost and vector reuse per run"), **LAYOUT)
     fig.update_xaxes(type="category")
     fig.update_yaxes(title_text="USD", secondary_y=False)
     fig.update_yaxes(title_text="cache hit rate", range=[0, 1.05], tickformat=".0%", secondary_y=True)
@@ -204,7 +216,7 @@ def weekly_budget(data: DashboardData) -> go.Figure | None:
     weeks = data.weekly_costs
     if not weeks:
         return None
-    x = [w["cost_week"] for w in weeks]
+    x = [f"week of {w['cost_week']:%Y-%m-%d}" for w in weeks]
     fig = go.Figure(
         go.Bar(
             x=x,
@@ -218,8 +230,13 @@ def weekly_budget(data: DashboardData) -> go.Figure | None:
             x=x, y=[w["budget_usd"] for w in weeks], name="budget", mode="lines", line=dict(color=FAIL, dash="dash")
         )
     )
-    fig.update_layout(title="Embedding spend per week against the budget", yaxis_title="USD", **LAYOUT)
+    fig.update_layout(title=_titled("Embedding spend per week against the budget"), yaxis_title="USD", **LAYOUT)
     return fig
+
+
+def _run_labels(runs: list[dict[str, Any]]) -> list[str]:
+    """Runs by when they started (a category axis: one bar per run, however far apart)."""
+    return [f"{r['started_at']:%m-%d %H:%M:%S}" for r in runs]
 
 
 def _group(rows: list[dict[str, Any]], *keys: str) -> dict[Any, list[dict[str, Any]]]:

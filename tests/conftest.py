@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pprint
 import random
 import shutil
 import subprocess
@@ -10,10 +12,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import duckdb
 import pytest
+import yaml
 
 from python_jobs.config import (
     ENV_DBT_TARGET_PATH,
@@ -105,7 +109,44 @@ class Workspace:
     def copy(self, destination: Path) -> Workspace:
         """A clone of this workspace (landing zone and warehouse) to break without side effects."""
         shutil.copytree(self.root, destination, ignore=shutil.ignore_patterns("logs"))
-        return Workspace(destination)
+        clone = Workspace(destination)
+        keep_partial_parse(self, clone)
+        return clone
+
+
+PARTIAL_PARSE_FILE = "partial_parse.msgpack"
+
+
+@cache
+def dbt_profile_hash(warehouse: Path) -> str | None:
+    """The checksum dbt keeps of the connection settings (profiles.yml's target, with this warehouse as its
+    path) to decide whether its saved parse of the project is still valid; None if it cannot be worked out."""
+    try:
+        from dbt.adapters.duckdb.credentials import DuckDBCredentials
+
+        profile = yaml.safe_load((PROJECT_DIR / "profiles.yml").read_text(encoding="utf-8"))["retrieval_platform"]
+        fields = {k: v for k, v in profile["outputs"][profile["target"]].items() if k not in ("type", "threads")}
+        credentials = DuckDBCredentials.from_dict({**fields, "path": str(warehouse)})
+    except Exception:
+        return None
+    return hashlib.sha256(pprint.pformat(sorted(credentials.connection_info())).encode("utf-8")).hexdigest()
+
+
+def keep_partial_parse(source: Workspace, clone: Workspace) -> None:
+    """Let dbt in the clone reuse the source's parse of the project instead of parsing it all again (~6 s).
+
+    The clone has the same project files, vars and profile; only the warehouse path differs, and dbt counts
+    the path among the connection settings whose change forces a full parse. So the saved parse is re-keyed
+    to the clone's path. If the saved key is not the one expected for the source (the profile has another
+    shape, or dbt keys it differently), the file is left alone and dbt parses in full, as before.
+    """
+    saved = clone.target / PARTIAL_PARSE_FILE
+    old, new = dbt_profile_hash(source.warehouse), dbt_profile_hash(clone.warehouse)
+    if not (saved.is_file() and old and new):
+        return
+    data = saved.read_bytes()
+    if data.count(old.encode("ascii")) == 1:
+        saved.write_bytes(data.replace(old.encode("ascii"), new.encode("ascii")))
 
 
 def write_small_landing(landing: Path, seed: int = 7) -> None:

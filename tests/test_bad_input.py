@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import Workspace
 from dbt_results import names_starting_with, results_by_status
 
 
@@ -72,6 +75,28 @@ def out_of_range_amount(landing):
 MART_ORDER = {"customers": "customer_id", "products": "product_sku", "transactions": "transaction_id"}
 
 
+def published_marts(ws: Workspace) -> dict[str, list[tuple]]:
+    return {mart: ws.query(f"select * from core.{mart} order by {key}") for mart, key in MART_ORDER.items()}
+
+
+@pytest.fixture(scope="module")
+def broken_build(built_world: Workspace, tmp_path_factory: pytest.TempPathFactory):
+    """`broken_build(break_landing)`: a copy of the built world with that bad landing data ingested and built,
+    the build, and the marts as published before. Each breakage is built once for the tests that inspect it."""
+    builds: dict[Callable, tuple[Workspace, subprocess.CompletedProcess[str], dict[str, list[tuple]]]] = {}
+
+    def build(break_landing: Callable) -> tuple[Workspace, subprocess.CompletedProcess[str], dict[str, list[tuple]]]:
+        if break_landing not in builds:
+            ws = built_world.copy(tmp_path_factory.mktemp("broken") / "ws")
+            published = published_marts(ws)
+            break_landing(ws.landing)
+            ws.ingest(check=True)
+            builds[break_landing] = (ws, ws.dbt("build"), published)
+        return builds[break_landing]
+
+    return build
+
+
 @pytest.mark.parametrize(
     ("break_landing", "failing_test", "protected_mart"),
     [
@@ -82,25 +107,21 @@ MART_ORDER = {"customers": "customer_id", "products": "product_sku", "transactio
     ],
     ids=["duplicate customer id", "null product key", "unknown customer", "out-of-range amount"],
 )
-def test_bad_key_or_value_fails_the_build_and_keeps_published_marts(world, break_landing, failing_test, protected_mart):
-    published = world.query(f"select * from core.{protected_mart} order by {MART_ORDER[protected_mart]}")
-    break_landing(world.landing)
-    world.ingest(check=True)
-
-    build = world.dbt("build")
+def test_bad_key_or_value_fails_the_build_and_keeps_published_marts(
+    broken_build, break_landing, failing_test, protected_mart
+):
+    world, build, published = broken_build(break_landing)
 
     assert build.returncode == 1
     statuses = results_by_status(world.root / "target")
     assert names_starting_with(statuses.get("fail", set()), failing_test), statuses.get("fail")
     assert failing_test in build.stdout
     assert protected_mart in statuses.get("skipped", set())
-    assert world.query(f"select * from core.{protected_mart} order by {MART_ORDER[protected_mart]}") == published
+    assert published_marts(world)[protected_mart] == published[protected_mart]
 
 
-def test_failing_rows_are_kept_for_inspection(world):
-    duplicate_customer(world.landing)
-    world.ingest(check=True)
-    world.dbt("build")
+def test_failing_rows_are_kept_for_inspection(broken_build):
+    world, _, _ = broken_build(duplicate_customer)  # the duplicate-customer case's build, not another one
 
     (duplicated,) = world.query("select unique_field from test_failures.unique_stg_shop__customers_customer_id")[0]
     assert duplicated == "C0000001"

@@ -195,11 +195,10 @@ def test_kill_9_then_rerun_converges_to_a_clean_build(point, pending_world, appl
     assert index.live().version == published  # queries still read the last whole run
     cached_by_killed_run = index.open(cache.name).count_rows() - cached_before
 
-    rerun = ws.job("embed", "--json", RP_VARS=SMALL_COMMITS, check=True)
-    summary = json.loads(rerun.stdout)
+    rerun = embed(ws.settings(vars=SMALL_COMMITS))  # in this process, which has torch loaded already
     assert_same_index(live_rows(ws), live_rows(reference))
     # Nothing the killed run committed to the cache was embedded again.
-    assert summary["texts_embedded"] == clean.texts_embedded - cached_by_killed_run
+    assert rerun.texts_embedded == clean.texts_embedded - cached_by_killed_run
     assert [row[0] for row in ledger(ws)] == ["success", "interrupted", "success"]
 
 
@@ -219,7 +218,7 @@ def test_kill_9_at_a_random_moment_mid_embedding_then_rerun_converges(pending_wo
         job.send_signal(signal.SIGKILL)
     assert job.returncode == -signal.SIGKILL
 
-    ws.job("embed", check=True)
+    embed(ws.settings())  # the rerun in this process, which has torch loaded already
     assert_same_index(live_rows(ws), live_rows(reference))
 
 
@@ -236,7 +235,7 @@ def test_second_run_at_the_same_time_exits_with_a_clear_message(pending_world, t
     assert f"being updated by another embedding run (pid {first.pid}" in second.stderr
     assert "Traceback" not in second.stderr
 
-    ws.job("embed", check=True)
+    assert embed(ws.settings()).status == "success"  # in this process, which has torch loaded already
     assert ws.job("verify_index").returncode == 0
 
 
@@ -322,8 +321,8 @@ def test_model_change_builds_beside_the_live_index_and_swaps_when_complete(index
     assert {len(r["vector"]) for r in live_rows(ws).values()} == {384}
     assert ws.job("verify_index").returncode == 1  # every live row is from another model
 
-    swapped = json.loads(ws.job("embed", "--json", check=True).stdout)
-    assert swapped["swapped_from"] == old.table and swapped["published"]
+    swapped = embed(ws.settings())  # in this process, which has torch loaded already
+    assert swapped.swapped_from == old.table and swapped.published
     rows = live_rows(ws)
     assert {len(r["vector"]) for r in rows.values()} == {64}
     assert {r["model_name"] for r in rows.values()} == {str(small_model)}

@@ -6,7 +6,7 @@ import csv
 import json
 import re
 import shutil
-import sys
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -194,10 +194,16 @@ def test_bad_eval_set_rows_are_named(search_world, tmp_path):
 # --- BEIR ------------------------------------------------------------------------------------
 
 
-def eval_beir(data: Path, workspace: Path, *args: str):
-    return Workspace(workspace).run(
-        sys.executable, "-m", "python_jobs.eval_beir", str(data), "--workspace", str(workspace), *args
-    )
+def eval_beir(data: Path, workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m python_jobs.eval_beir DATA --workspace WORKSPACE ...`, its command line run in this process,
+    which has the model loaded already; the pipeline steps (ingest, dbt, embed) still run as jobs of their own."""
+    from click.testing import CliRunner
+
+    from python_jobs.eval_beir import main
+
+    argv = [str(data), "--workspace", str(workspace), *args]
+    result = CliRunner().invoke(main, argv, env=Workspace(workspace).env, catch_exceptions=False)
+    return subprocess.CompletedProcess(argv, result.exit_code, result.stdout, result.stderr)
 
 
 def test_a_beir_dataset_goes_through_the_pipeline_and_a_rerun_is_incremental(tmp_path):

@@ -361,3 +361,16 @@ def test_dashboard_renders_in_headless_chromium_with_the_failure_first(bad_key_w
     assert screenshot.stat().st_size > 50_000
     assert errors == []
     assert {url.split(":", 1)[0] for url in requests} <= {"file", "data", "blob"}, requests
+
+
+def test_unreadable_landing_file_stops_the_pipeline_at_ingest(ops_world, tmp_path):
+    ws = ops_world.copy(tmp_path / "ws")
+    (ws.landing / "shop" / "customers_extra.csv").write_bytes(b"customer_id,email\nC9\xff\xfe,broken\n")
+
+    code, summary, _ = pipeline(ws)
+
+    assert code != 0 and summary["failed_step"] == "ingest"
+    assert steps(summary)["build"] == "skipped" and steps(summary)["report"] == "ok"
+    (alert,) = summary["steps"][0]["alerts"]
+    assert alert["kind"] == "job_failed" and "customers_extra.csv" in alert["error"]
+    assert alert["owner"] == "Data Platform Operations"
