@@ -31,7 +31,7 @@ endif
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # dbt through a thin wrapper that turns a held warehouse lock into one clear message.
-DBT := $(BIN)/python -m python_jobs.run_dbt
+DBT := $(BIN)/python -m python_jobs.transform.dbt
 JOB := $(BIN)/python -m python_jobs
 
 .PHONY: help setup setup-browser data ingest build chunks freshness embed verify query eval eval-beir report pipeline sql docs docs-generate demo bench bench-warehouse bench-chunking bench-embed bench-report test lint format clean distclean
@@ -107,7 +107,7 @@ demo: $(STAMP) ## Run the whole pipeline on the shipped sample data
 	$(JOB).pipeline --full-refresh
 	$(DBT) show --quiet --limit 10 --inline "$$(cat analyses/chunk_summary.sql)"
 	@echo "Demo complete: warehouse at $${RP_DUCKDB_PATH:-data/warehouse/retrieval.duckdb}, index at $${RP_INDEX_DIR:-data/index}; 'make docs' shows the lineage."
-	@echo "Dashboard: $$($(BIN)/python -c 'from python_jobs.config import Settings; print(Settings.load().report_path)')"
+	@echo "Dashboard: $$($(BIN)/python -c 'from python_jobs.common.settings import Settings; print(Settings.load().report_path)')"
 
 bench: bench-warehouse bench-chunking bench-embed bench-report ## All benchmarks on generated data, figures printed: make bench SCALE=100000
 

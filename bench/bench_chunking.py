@@ -34,9 +34,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generate_data
 
-from python_jobs.chunking import Chunker, build_chunker, chunk_table, chunking_settings
-from python_jobs.config import PROJECT_DIR, Settings
-from python_jobs.markdown_text import normalize_markdown
+from python_jobs.chunk.chunker import Chunker, build_chunker, chunk_table, chunking_settings
+from python_jobs.chunk.markdown import normalize_markdown
+from python_jobs.common.settings import PROJECT_DIR, Settings
 
 
 @dataclass

@@ -1,14 +1,14 @@
 """Benchmark the embedding job, in one run, in two parts.
 
 (a) Model path, with the real model on the sample corpus (~1,700 chunks): a full build
-    through `python_jobs.embed` next to raw `SentenceTransformer.encode` on the same texts
+    through `python_jobs.index.embed` next to raw `SentenceTransformer.encode` on the same texts
     and batch size, so the pipeline's overhead is a measured ratio; then the ONNX backends
     (fp32 and int8) through the same pipeline, with their throughput and how close their
     vectors are to torch's.
 (b) Mechanics at `--scale` documents (~13 chunks each, like the real chunker makes), where
     the model would take hours: the index is filled by a STAND-IN EMBEDDER (hash vectors
     under the real model's fingerprint, so the real CLI sees an index it can use). Measured:
-    full build, plan time in-process, the no-op `python -m python_jobs.embed` wall time,
+    full build, plan time in-process, the no-op `python -m python_jobs.index.embed` wall time,
     a 1% mutation (edits, metadata changes, deletions, additions) applied incrementally,
     `make verify`, and peak memory of a full build at `--scale` and at a tenth of it.
 
@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 from bench_warehouse import BIN, REPO_ROOT, timed
 
-from python_jobs.config import ENV_DBT_TARGET_PATH, ENV_DUCKDB_PATH, ENV_INDEX_DIR, ENV_LANDING_DIR, Settings
+from python_jobs.common.settings import ENV_DBT_TARGET_PATH, ENV_DUCKDB_PATH, ENV_INDEX_DIR, ENV_LANDING_DIR, Settings
 
 CHUNKS_PER_DOC = (5, 21)  # a document has 5 to 20 chunks, 13 on average, as the real chunker cuts them
 FILLER = (
@@ -55,8 +55,8 @@ class StandInEmbedder:
     """NOT A MODEL: deterministic hash vectors, thousands of times faster, for the mechanics only."""
 
     def __init__(self, settings: Settings):
-        from python_jobs.embedder import fingerprint
-        from python_jobs.embedding_model import resolve_model
+        from python_jobs.chunk.model_files import resolve_model
+        from python_jobs.index.encoders import fingerprint
 
         self.fingerprint = fingerprint(resolve_model(settings.retrieval.embedding_model), settings.embedding)
         self.loaded = False
@@ -111,7 +111,7 @@ def chunk_rows_sql(first_doc: int, docs: int, salt: str = "") -> str:
 
 
 def generate(warehouse: Path, docs: int, settings: Settings) -> dict:
-    from python_jobs.chunking import chunking_settings
+    from python_jobs.chunk.chunker import chunking_settings
 
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     row = chunking_settings(settings.retrieval) | {"chunking_config_hash": "bench"}
@@ -196,11 +196,11 @@ def mechanics(workdir: Path, scale: int) -> dict:
         "generate": timed("generate chunk table", this("generate", str(scale)), env, parse_json=True),
         "full_build": timed("full build (stand-in)", this("apply"), env, parse_json=True),
         "plan": timed("plan in-process", this("plan"), env, parse_json=True),
-        "noop": timed("no-op make embed (real CLI)", [*job, "python_jobs.embed", "--json"], env, True),
+        "noop": timed("no-op make embed (real CLI)", [*job, "python_jobs.index.embed", "--json"], env, True),
         "mutate": timed("mutate 1% of documents", this("mutate", str(scale)), env, parse_json=True),
         "incremental": timed("incremental build (stand-in)", this("apply"), env, parse_json=True),
-        "noop_after": timed("no-op again", [*job, "python_jobs.embed", "--json"], env, True),
-        "verify": timed("make verify", [*job, "python_jobs.verify_index", "--json"], env, True),
+        "noop_after": timed("no-op again", [*job, "python_jobs.index.embed", "--json"], env, True),
+        "verify": timed("make verify", [*job, "python_jobs.index.verify", "--json"], env, True),
         "generate_tenth": timed("generate, a tenth", this("generate", str(scale // 10)), small_env, True),
         "full_build_tenth": timed("full build, a tenth", this("apply"), small_env, parse_json=True),
         "ann_tenth": timed("ANN index (IVF-HNSW-SQ), a tenth", this("ann"), small_env, parse_json=True),
@@ -255,7 +255,7 @@ def mutate_command(docs: int) -> None:
 
 @main.command("apply")
 def apply_command() -> None:
-    from python_jobs.embed import EmbedOptions, embed
+    from python_jobs.index.embed import EmbedOptions, embed
 
     settings = Settings.load()
     summary = embed(settings, EmbedOptions(progress=True), embedder=StandInEmbedder(settings))
@@ -265,7 +265,7 @@ def apply_command() -> None:
 @main.command("ann")
 def ann_command() -> None:
     """Build the ANN index on the published table, as a run does once the table reaches ann_min_rows."""
-    from python_jobs.vector_index import VectorIndex, build_ann_index
+    from python_jobs.index.store import VectorIndex, build_ann_index
 
     table = VectorIndex(Settings.load().index_dir).open_live()
     table.checkout_latest()
@@ -275,9 +275,9 @@ def ann_command() -> None:
 @main.command("plan")
 def plan_command() -> None:
     """The plan alone, in-process, against the full index: what every run pays before deciding anything."""
-    from python_jobs.embed_plan import INDEX_KEY_COLUMNS, make_plan
-    from python_jobs.vector_index import VectorIndex, cache_table_name, index_table_name, read_columns
-    from python_jobs.warehouse import connect
+    from python_jobs.common.warehouse import connect
+    from python_jobs.index.plan import INDEX_KEY_COLUMNS, make_plan
+    from python_jobs.index.store import VectorIndex, cache_table_name, index_table_name, read_columns
 
     settings = Settings.load()
     model = StandInEmbedder(settings).fingerprint
@@ -296,12 +296,12 @@ def plan_command() -> None:
 
 def model_path(workdir: Path) -> dict:
     """Real model on the sample corpus: pipeline vs raw encode, then the ONNX backends."""
-    from python_jobs.embed import EmbedOptions, embed
+    from python_jobs.index.embed import EmbedOptions, embed
 
     click.echo("(a) model path: real model on the sample corpus", err=True)
     env = step_env(workdir, "sample") | {ENV_LANDING_DIR: str(REPO_ROOT / "data" / "raw")}
-    timed("ingest sample", [str(BIN / "python"), "-m", "python_jobs.ingest"], env)
-    timed("dbt build sample", [str(BIN / "python"), "-m", "python_jobs.run_dbt", "build", "--quiet"], env)
+    timed("ingest sample", [str(BIN / "python"), "-m", "python_jobs.land.ingest"], env)
+    timed("dbt build sample", [str(BIN / "python"), "-m", "python_jobs.transform.dbt", "build", "--quiet"], env)
     settings = Settings.load(env={k: env[k] for k in (ENV_DUCKDB_PATH, ENV_INDEX_DIR, ENV_DBT_TARGET_PATH)})
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         texts = [
@@ -321,7 +321,7 @@ def model_path(workdir: Path) -> dict:
 
     from sentence_transformers import SentenceTransformer
 
-    from python_jobs.embedding_model import resolve_model
+    from python_jobs.chunk.model_files import resolve_model
 
     model = SentenceTransformer(str(resolve_model(settings.retrieval.embedding_model).path), device="cpu")
     started = time.perf_counter()
@@ -360,8 +360,8 @@ def model_path(workdir: Path) -> dict:
 
 def _load_model(settings: Settings) -> float:
     """Load the configured model into this process (cached there), and say how long it took."""
-    from python_jobs.embedder import load_embedder
-    from python_jobs.vector_index import MODEL_CACHE_DIR
+    from python_jobs.index.encoders import load_embedder
+    from python_jobs.index.store import MODEL_CACHE_DIR
 
     started = time.perf_counter()
     model_cache = settings.index_dir / MODEL_CACHE_DIR
@@ -381,7 +381,7 @@ def _throughput(summary) -> dict:
 
 
 def _vectors_by_text(settings: Settings, texts: list[str]) -> np.ndarray:
-    from python_jobs.vector_index import VectorIndex
+    from python_jobs.index.store import VectorIndex
 
     table = VectorIndex(settings.index_dir).open_live().to_arrow()
     by_text = dict(zip(table.column("embedding_text").to_pylist(), table.column("vector").to_pylist(), strict=True))

@@ -1,6 +1,6 @@
 """Write a reproducible synthetic landing zone for Brightwater Home, at any scale.
 
-The layout is the one `python_jobs.ingest` reads (see docs/landing-zone.md):
+The layout is the one `python_jobs.land.ingest` reads (see docs/landing-zone.md):
 
     <out>/shop/customers.csv
     <out>/shop/products.jsonl
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from catalog import Product
 from catalog import products as catalog_products
 
-from python_jobs.landing import SOURCES
+from python_jobs.land.zone import SOURCES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DOCS = REPO_ROOT / "data" / "raw" / "docs"

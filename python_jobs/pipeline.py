@@ -31,13 +31,16 @@ from typing import Any, TextIO
 
 import click
 
-from python_jobs import embed, findings, ingest, report, report_data
-from python_jobs import eval as evaluation
-from python_jobs.alerts import Alert, send
-from python_jobs.cli_support import emit, run_job
-from python_jobs.config import Settings
-from python_jobs.errors import PipelineError, WarehouseLockedError
-from python_jobs.run_dbt import run_dbt
+from python_jobs.common.errors import PipelineError, WarehouseLockedError
+from python_jobs.common.output import emit, run_job
+from python_jobs.common.settings import Settings
+from python_jobs.evaluate import run as evaluation
+from python_jobs.index import embed
+from python_jobs.land import ingest
+from python_jobs.observe import findings, report
+from python_jobs.observe import marts as report_data
+from python_jobs.observe.alerts import Alert, send
+from python_jobs.transform.dbt import run_dbt
 
 STEPS = ("ingest", "build", "freshness", "embed", "eval", "report")
 # What the report step alerts on; the other kinds were raised by the step they belong to.

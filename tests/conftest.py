@@ -19,7 +19,7 @@ import duckdb
 import pytest
 import yaml
 
-from python_jobs.config import (
+from python_jobs.common.settings import (
     ENV_DBT_TARGET_PATH,
     ENV_DUCKDB_PATH,
     ENV_INDEX_DIR,
@@ -87,7 +87,7 @@ class Workspace:
         return result
 
     def ingest(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        return self.run(sys.executable, "-m", "python_jobs.ingest", *args, check=check)
+        return self.run(sys.executable, "-m", "python_jobs.land.ingest", *args, check=check)
 
     def dbt(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         dbt = str(Path(sys.executable).with_name("dbt"))
@@ -163,6 +163,21 @@ def write_small_landing(landing: Path, seed: int = 7) -> None:
         target = landing / "docs" / doc
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(SAMPLE_LANDING / "docs" / doc, target)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the indexed world run first, tests on the search world last, the others in between in their
+    usual order. pytest-xdist's `--dist worksteal` (see pyproject.toml) hands each worker one run of
+    consecutive tests, and an idle worker takes over the end of a busy one's, so each of these two worlds
+    (a dbt build and an embedding with the real model) is built by one worker instead of by both."""
+
+    def place(item: pytest.Item) -> int:
+        if "indexed_world" in item.fixturenames:
+            return 0
+        return 2 if "search_world" in item.fixturenames else 1
+
+    items.sort(key=place)  # stable: within each part, the collection order
 
 
 @pytest.fixture
@@ -242,7 +257,7 @@ def rebuild(ws: Workspace) -> None:
 @pytest.fixture(scope="session")
 def indexed_world(built_world: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """The built world plus one more document, embedded with the real model into a real LanceDB index."""
-    from python_jobs.embed import embed
+    from python_jobs.index.embed import embed
 
     ws = built_world.copy(tmp_path_factory.mktemp("indexed") / "ws")
     add_sample_doc(ws, TO_DELETE)
@@ -304,7 +319,7 @@ Repair desk only: kettles returned for descaling under the goodwill program get 
 @pytest.fixture(scope="session")
 def search_world(built_world: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """The built world plus an internal FAQ and a confidential note that matches SECRET_QUERY best, indexed."""
-    from python_jobs.embed import embed
+    from python_jobs.index.embed import embed
 
     ws = built_world.copy(tmp_path_factory.mktemp("search") / "ws")
     add_sample_doc(ws, INTERNAL_DOC)

@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from python_jobs.alerts import Alert, AlertSettings, JsonlSink, WebhookSink, read_alerts, send
-from python_jobs.config import PROJECT_DIR, Settings
-from python_jobs.errors import ConfigError
+from python_jobs.common.errors import ConfigError
+from python_jobs.common.settings import PROJECT_DIR, Settings
+from python_jobs.observe.alerts import Alert, AlertSettings, JsonlSink, WebhookSink, read_alerts, send
 
 
 class Receiver:

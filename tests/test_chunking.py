@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from python_jobs.chunking import Chunker, ChunkingConfig, build_chunker, chunk_table, chunking_settings
-from python_jobs.config import PROJECT_DIR, RetrievalSettings
-from python_jobs.embedding_model import resolve_model
-from python_jobs.errors import ConfigError
-from python_jobs.markdown_text import normalize_markdown, split_sections
+from python_jobs.chunk.chunker import Chunker, ChunkingConfig, build_chunker, chunk_table, chunking_settings
+from python_jobs.chunk.markdown import normalize_markdown, split_sections
+from python_jobs.chunk.model_files import resolve_model
+from python_jobs.common.errors import ConfigError
+from python_jobs.common.settings import PROJECT_DIR, RetrievalSettings
 
 MODEL = resolve_model("all-MiniLM-L6-v2")
 TOKENIZER = MODEL.tokenizer()
@@ -188,9 +188,9 @@ def test_chunk_ids_and_hashes_are_the_same_in_another_process():
     body = (PROJECT_DIR / "data/raw/docs/manual/man-aurea-barista-pro.md").read_text().split("---\n", 2)[2]
     script = """if True:
         import sys
-        from python_jobs.chunking import build_chunker
-        from python_jobs.config import RetrievalSettings
-        from python_jobs.markdown_text import normalize_markdown
+        from python_jobs.chunk.chunker import build_chunker
+        from python_jobs.common.settings import RetrievalSettings
+        from python_jobs.chunk.markdown import normalize_markdown
         chunker = build_chunker(RetrievalSettings())
         for chunk in chunker.chunk("d", "T", normalize_markdown(sys.stdin.read())):
             print(chunk.chunk_id, chunk.content_hash)

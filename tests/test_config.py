@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from python_jobs.config import PROJECT_DIR, Settings
-from python_jobs.errors import ConfigError
+from python_jobs.common.errors import ConfigError
+from python_jobs.common.settings import PROJECT_DIR, Settings
 
 
 def test_defaults_come_from_the_dbt_project_vars():
@@ -88,9 +88,9 @@ def test_rp_vars_override_dbt_vars_key_by_key():
 def test_every_setting_that_changes_vectors_changes_the_model_fingerprint():
     from dataclasses import replace
 
-    from python_jobs.config import EmbeddingSettings
-    from python_jobs.embedder import fingerprint
-    from python_jobs.embedding_model import resolve_model
+    from python_jobs.chunk.model_files import resolve_model
+    from python_jobs.common.settings import EmbeddingSettings
+    from python_jobs.index.encoders import fingerprint
 
     model = resolve_model("all-MiniLM-L6-v2")
     base = EmbeddingSettings()

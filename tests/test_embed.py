@@ -22,8 +22,8 @@ from conftest import (
     warehouse_locked_by_another_process,
 )
 
-from python_jobs.embed import BudgetExceededError, EmbedOptions, embed
-from python_jobs.vector_index import VectorIndex
+from python_jobs.index.embed import BudgetExceededError, EmbedOptions, embed
+from python_jobs.index.store import VectorIndex
 
 KETTLE_ID = "faq-brightwater-variable-temp-kettle"
 
@@ -87,8 +87,8 @@ def test_noop_rerun_embeds_nothing_and_never_imports_torch(indexed_world, tmp_pa
     ws = indexed_world.copy(tmp_path / "ws")
     script = (
         "import json, sys\n"
-        "from python_jobs.config import Settings\n"
-        "from python_jobs.embed import embed\n"
+        "from python_jobs.common.settings import Settings\n"
+        "from python_jobs.index.embed import embed\n"
         "s = embed(Settings.load())\n"
         "print(json.dumps({'embedded': s.texts_embedded, 'torch': 'torch' in sys.modules,\n"
         "                  'st': 'sentence_transformers' in sys.modules, 'version': s.index_version}))\n"
@@ -205,7 +205,7 @@ def test_kill_9_then_rerun_converges_to_a_clean_build(point, pending_world, appl
 def test_kill_9_at_a_random_moment_mid_embedding_then_rerun_converges(pending_world, applied, tmp_path):
     reference, _, _ = applied
     ws = pending_world.copy(tmp_path / "ws")
-    command = [sys.executable, "-m", "python_jobs.embed", "--progress"]
+    command = [sys.executable, "-m", "python_jobs.index.embed", "--progress"]
     env = {**ws.env, "RP_VARS": "{embedding: {commit_rows: 2, batch_size: 2}}"}
     with subprocess.Popen(command, cwd=ws.root, env=env, stderr=subprocess.PIPE) as job:
         assert job.stderr is not None
@@ -224,7 +224,7 @@ def test_kill_9_at_a_random_moment_mid_embedding_then_rerun_converges(pending_wo
 
 def test_second_run_at_the_same_time_exits_with_a_clear_message(pending_world, tmp_path):
     ws = pending_world.copy(tmp_path / "ws")
-    command = [sys.executable, "-m", "python_jobs.embed"]
+    command = [sys.executable, "-m", "python_jobs.index.embed"]
     env = {**ws.env, "RP_FAILPOINT": "after_plan", "RP_FAILPOINT_ACTION": "pause"}
     with subprocess.Popen(command, cwd=ws.root, env=env, stderr=subprocess.PIPE, text=True) as first:
         assert first.stderr is not None

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_DIR, SECRET_DOC_ID, SECRET_QUERY, Workspace
 
-from python_jobs import eval_set
-from python_jobs.eval import EVAL_TAG, run_eval
-from python_jobs.retrieval_metrics import METRICS, evaluate
-from python_jobs.vector_index import VectorIndex
+from python_jobs.evaluate import datasets as eval_set
+from python_jobs.evaluate.metrics import METRICS, evaluate
+from python_jobs.evaluate.run import EVAL_TAG, run_eval
+from python_jobs.index.store import VectorIndex
 
 NO_GATES = "{eval: {gates: []}}"  # the project's gates are for the sample corpus, not these worlds
 BEIR_FIXTURE = PROJECT_DIR / "tests" / "fixtures" / "beir-tiny"
@@ -195,11 +195,11 @@ def test_bad_eval_set_rows_are_named(search_world, tmp_path):
 
 
 def eval_beir(data: Path, workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m python_jobs.eval_beir DATA --workspace WORKSPACE ...`, its command line run in this process,
+    """`python -m python_jobs.evaluate.beir DATA --workspace WORKSPACE ...`, its command line run in this process,
     which has the model loaded already; the pipeline steps (ingest, dbt, embed) still run as jobs of their own."""
     from click.testing import CliRunner
 
-    from python_jobs.eval_beir import main
+    from python_jobs.evaluate.beir import main
 
     argv = [str(data), "--workspace", str(workspace), *args]
     result = CliRunner().invoke(main, argv, env=Workspace(workspace).env, catch_exceptions=False)

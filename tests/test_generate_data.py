@@ -10,7 +10,7 @@ import sys
 
 from conftest import Workspace
 
-from python_jobs.config import PROJECT_DIR
+from python_jobs.common.settings import PROJECT_DIR
 
 SMALL = ("--docs", "40", "--customers", "60", "--products", "120", "--transactions", "600")
 

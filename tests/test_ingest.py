@@ -11,9 +11,9 @@ import duckdb
 import pytest
 from conftest import warehouse_locked_by_another_process
 
-from python_jobs.config import PROJECT_DIR
-from python_jobs.errors import LandingFileError
-from python_jobs.ingest import ingest
+from python_jobs.common.errors import LandingFileError
+from python_jobs.common.settings import PROJECT_DIR
+from python_jobs.land.ingest import ingest
 
 RAW_TABLES = ("shop_customers", "shop_products", "shop_transactions", "docs_documents")
 
@@ -236,7 +236,7 @@ def test_locked_warehouse_gives_a_clear_message_not_a_traceback(workspace):
 def test_missing_landing_directory_is_named(workspace, tmp_path):
     env_landing = tmp_path / "nowhere"
     result = subprocess.run(
-        [sys.executable, "-m", "python_jobs.ingest"],
+        [sys.executable, "-m", "python_jobs.land.ingest"],
         cwd=PROJECT_DIR,
         capture_output=True,
         text=True,

@@ -21,9 +21,11 @@ import pytest
 import yaml
 from conftest import PROJECT_DIR, Workspace
 
-from python_jobs import dbt_results, embed, index_snapshot
-from python_jobs import eval as evaluation
-from python_jobs.alerts import read_alerts
+from python_jobs.evaluate import run as evaluation
+from python_jobs.index import embed
+from python_jobs.index import snapshot as index_snapshot
+from python_jobs.observe.alerts import read_alerts
+from python_jobs.transform import results as dbt_results
 
 # fts only: the pipeline's eval needs no model load; the small world answers few seeded
 # questions, so the release gates are replaced by one the tests choose.
@@ -308,7 +310,7 @@ def test_a_killed_dbt_build_keeps_the_results_of_the_nodes_that_finished(ops_wor
 def test_every_sql_diagnosis_in_the_runbook_runs(bad_key_world):
     from test_runbook import sql_diagnoses
 
-    from python_jobs import sql
+    from python_jobs.observe import sql
 
     ws = bad_key_world[0]
     for query in sql_diagnoses():

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from python_jobs import onnx_backend
-from python_jobs.config import PROJECT_DIR
-from python_jobs.embedding_model import resolve_model
-from python_jobs.errors import ConfigError
-from python_jobs.onnx_backend import OnnxEncoder, export_onnx
+from python_jobs.chunk.model_files import resolve_model
+from python_jobs.common.errors import ConfigError
+from python_jobs.common.settings import PROJECT_DIR
+from python_jobs.index import onnx_encoder as onnx_backend
+from python_jobs.index.onnx_encoder import OnnxEncoder, export_onnx
 
 MODEL = resolve_model("all-MiniLM-L6-v2")
 TOKENIZER = MODEL.tokenizer()  # counts without truncation
@@ -152,7 +152,7 @@ def test_second_encoder_on_the_same_cache_reuses_the_exported_file(fp32, cache_d
 
 def test_encoding_with_an_exported_model_does_not_import_torch(fp32, cache_dir):
     script = (
-        "import sys; from pathlib import Path; from python_jobs.onnx_backend import OnnxEncoder\n"
+        "import sys; from pathlib import Path; from python_jobs.index.onnx_encoder import OnnxEncoder\n"
         f"e = OnnxEncoder(Path({str(MODEL.path)!r}), Path({str(cache_dir)!r}), quantize=False, "
         "max_seq_length=256, normalize=True)\n"
         "assert e.encode(['hello']).shape == (1, 384)\n"

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from python_jobs.retrieval_metrics import (
+from python_jobs.evaluate.metrics import (
     DEFAULT_KS,
     METRICS,
     EvalResult,

@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import KETTLE_SKU, SECRET_DOC_ID, SECRET_QUERY, Workspace
 
-from python_jobs.retrieve import RRF_K, Retriever
-from python_jobs.search_filters import ACCESS_LEVELS, FilterError, Filters, access_levels_up_to
+from python_jobs.search.filters import ACCESS_LEVELS, FilterError, Filters, access_levels_up_to
+from python_jobs.search.retriever import RRF_K, Retriever
 
 MODES = ("vector", "fts", "hybrid")
 KETTLE = "faq-brightwater-variable-temp-kettle"
@@ -152,6 +152,6 @@ def test_cli_prints_a_table_or_json(search_world):
 
 
 def test_no_published_index_is_a_clear_error(world: Workspace):
-    result = world.run(sys.executable, "-m", "python_jobs.retrieve", "anything")
+    result = world.run(sys.executable, "-m", "python_jobs.search.retriever", "anything")
     assert result.returncode == 1
     assert "no published index" in result.stderr and "make embed" in result.stderr

@@ -90,7 +90,7 @@ def _help(target: str) -> str:
 
 
 def test_the_runbook_has_every_playbook_the_alerts_link_to():
-    from python_jobs.findings import PLAYBOOKS as LINKED
+    from python_jobs.observe.findings import PLAYBOOKS as LINKED
 
     headings = {
         re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 from test_embed import assert_same_index, live_rows
 
-from python_jobs import quality_gate
-from python_jobs.embedder import ModelFingerprint
-from python_jobs.vector_index import (
+from python_jobs.index import gate as quality_gate
+from python_jobs.index.encoders import ModelFingerprint
+from python_jobs.index.store import (
     VectorIndex,
     build_ann_index,
     compact_and_clean_up,

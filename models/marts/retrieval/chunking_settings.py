@@ -7,8 +7,8 @@ are read from the embedding model's own files.
 
 import pyarrow as pa
 
-from python_jobs.chunking import chunking_settings
-from python_jobs.config import RetrievalSettings
+from python_jobs.chunk.chunker import chunking_settings
+from python_jobs.common.settings import RetrievalSettings
 
 
 def model(dbt, session):

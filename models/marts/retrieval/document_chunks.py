@@ -8,9 +8,9 @@ of documents that are gone. `dbt build --full-refresh` re-chunks everything.
 
 import pyarrow as pa
 
-from python_jobs.chunking import FINGERPRINT_COLUMNS, chunk_table, document_fingerprint
-from python_jobs.config import RetrievalSettings
-from python_jobs.failpoints import failpoint
+from python_jobs.chunk.chunker import FINGERPRINT_COLUMNS, chunk_table, document_fingerprint
+from python_jobs.common.settings import RetrievalSettings
+from python_jobs.common.failpoints import failpoint
 
 
 def model(dbt, session):

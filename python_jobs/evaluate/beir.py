@@ -1,0 +1,288 @@
+"""Any BEIR dataset through the whole pipeline, scored the way published BEIR and MTEB tables are.
+
+`make eval-beir DATA=path/to/dataset` (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) runs,
+in a workspace of its own (default data/beir/<dataset name>, with its own landing zone,
+warehouse, index and dbt target dir):
+
+1. land: each corpus record becomes a landing document (front matter + text) under
+   landing/docs/beir/, written only when new or changed, so a rerun lands nothing
+   and a record removed from the corpus leaves the index;
+2. ingest, then `dbt build --select +document_chunks` (tests of models outside that
+   selection are skipped: `--indirect-selection cautious`);
+3. embed: incrementally, with the quality gate, like `make embed`;
+4. evaluate every judged query in every mode at document level, public access, no
+   filters, and report nDCG@10, recall@100, MAP@100, P@10 and MRR@10 per mode. As in
+   BEIR's evaluation, a retrieved document with the query's own id is not counted.
+
+The text the model sees for a record is its title, a blank line and its text (the
+chunker's heading path for a document without headings), the same content MTEB embeds
+as title + " " + text. Records longer than the chunk target are cut into several
+chunks and a document ranks by its best chunk, where MTEB truncates at 256 tokens.
+
+Example:
+    python -m python_jobs.evaluate.beir ../shared/benchmarks/nfcorpus
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from python_jobs.common.errors import PipelineError
+from python_jobs.common.output import emit, progress_bar, run_job
+from python_jobs.common.settings import ENV_VARS, PROJECT_DIR, EvalSettings, Settings, workspace_env
+from python_jobs.evaluate import datasets as eval_set
+from python_jobs.evaluate.run import EvalOptions, EvalSummary, run_eval, summary_json
+from python_jobs.search.filters import Filters
+
+# The columns of published BEIR / MTEB tables, in their order.
+BEIR_COLUMNS = (("ndcg", 10), ("recall", 100), ("map", 100), ("precision", 10), ("mrr", 10))
+BEIR_KS = (1, 3, 5, 10, 100)
+LANDING_SUBDIR = Path("docs") / "beir"
+DOC_TYPE = "article"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UPDATED_AT = re.compile(r"^updated_at: '?([0-9TZ:-]+)'?$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class BeirWorkspace:
+    root: Path
+
+    @property
+    def landing(self) -> Path:
+        return self.root / "landing"
+
+    @property
+    def paths(self) -> dict[str, str]:
+        return workspace_env(self.root)
+
+
+@dataclass
+class LandingReport:
+    documents: int = 0
+    written: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    untitled: int = 0
+
+
+@dataclass
+class BeirReport:
+    dataset: str
+    data_dir: str
+    workspace: str
+    split: str
+    documents: int = 0
+    queries: int = 0
+    landing: LandingReport = field(default_factory=LandingReport)
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    table: dict[str, dict[str, float]] = field(default_factory=dict)  # mode -> "ndcg@10" -> value
+    eval: EvalSummary | None = None
+    total_seconds: float = 0.0
+
+
+def land_corpus(corpus: Path, landing: Path, progress: bool | None = None) -> LandingReport:
+    """Write each corpus record as a landing document; leave unchanged ones alone, remove the gone."""
+    directory = landing / LANDING_SUBDIR
+    directory.mkdir(parents=True, exist_ok=True)
+    # A record's updated_at is when its content last changed as landing saw it: kept from the
+    # landed file while the record is the same, so a rerun lands (and embeds) nothing.
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    report, seen = LandingReport(), set()
+    records = progress_bar(progress, eval_set.read_jsonl(corpus), desc="landing corpus", unit="doc")
+    for line_number, record in records:
+        doc_id, title, text = record.get("_id"), record.get("title") or "", record.get("text")
+        if not isinstance(doc_id, str | int) or not str(doc_id).strip() or not isinstance(text, str):
+            raise PipelineError(f"{corpus}:{line_number}: a corpus record needs a non-empty `_id` and a string `text`")
+        doc_id = str(doc_id)
+        path = directory / _file_name(doc_id)
+        if path in seen:
+            raise PipelineError(f"{corpus}:{line_number}: document id {doc_id!r} appears twice")
+        seen.add(path)
+        if not str(title).strip():
+            report.untitled += 1
+        report.documents += 1
+        landed = path.read_text(encoding="utf-8") if path.is_file() else None
+        previous = _UPDATED_AT.search(landed) if landed else None
+        if previous and landed == _document(doc_id, str(title).strip(), text, previous.group(1)):
+            report.unchanged += 1
+            continue
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(_document(doc_id, str(title).strip(), text, now), encoding="utf-8")
+        os.replace(temporary, path)
+        report.written += 1
+    for stale in directory.glob("*.md"):
+        if stale not in seen:
+            stale.unlink()
+            report.removed += 1
+    if not report.documents:
+        raise PipelineError(f"{corpus} has no documents")
+    return report
+
+
+def _file_name(doc_id: str) -> str:
+    """A file name per id: readable, and unique even when ids differ only in unsafe characters."""
+    digest = hashlib.sha1(doc_id.encode("utf-8")).hexdigest()[:10]
+    return f"{_UNSAFE.sub('_', doc_id)[:80]}-{digest}.md"
+
+
+def _document(doc_id: str, title: str, text: str, updated_at: str) -> str:
+    front_matter = {
+        "doc_id": doc_id,
+        # The landing contract needs a title; an untitled record is titled by its id.
+        "title": title or doc_id,
+        "doc_type": DOC_TYPE,
+        "access_level": "public",
+        "owner": "beir",
+        "updated_at": updated_at,
+    }
+    # Plain text, not markdown: a line starting with '#' must not become a heading.
+    body = "\n".join("\\" + line if line.lstrip().startswith("#") else line for line in text.splitlines())
+    header = yaml.safe_dump(front_matter, sort_keys=False, allow_unicode=True, width=10_000)
+    return f"---\n{header}---\n\n{body.strip()}\n"
+
+
+def run_step(name: str, argv: list[str], env: dict[str, str], report: BeirReport) -> None:
+    """One pipeline step as a subprocess, its output passed to stderr (stdout is the report's);
+    a failure names the step."""
+    click.echo(f"== {name}", err=True)
+    started = time.perf_counter()
+    completed = subprocess.run(argv, cwd=PROJECT_DIR, env=env, check=False, stdout=_stderr())
+    report.step_seconds[name] = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise PipelineError(
+            f"eval-beir step `{name}` failed with exit code {completed.returncode} (command: {' '.join(argv)}); "
+            "its output is above"
+        )
+
+
+def _stderr() -> int | None:
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None  # a captured stderr without a file (in-process tests): output stays on stdout
+
+
+def eval_beir(
+    data: Path,
+    workspace: Path | None = None,
+    split: str = "test",
+    modes: tuple[str, ...] = EvalSettings.MODES,
+    vars_yaml: str | None = None,
+    progress: bool | None = None,
+    first_chunk_only: bool = False,
+) -> BeirReport:
+    clock = time.perf_counter()
+    data = data.resolve()
+    evaluation = eval_set.from_beir(data, split)  # a bad dataset fails before anything is written
+    if first_chunk_only:
+        first = Filters(first_chunk_only=True)
+        evaluation.questions = [replace(q, filters=first) for q in evaluation.questions]
+    ws = BeirWorkspace((workspace or PROJECT_DIR / "data" / "beir" / data.name).resolve())
+    report = BeirReport(evaluation.name, str(data), str(ws.root), split, queries=len(evaluation.questions))
+    env = {**os.environ, **ws.paths, "DBT_PROFILES_DIR": str(PROJECT_DIR), "HF_HUB_OFFLINE": "1"}
+    if vars_yaml:
+        env[ENV_VARS] = vars_yaml
+    python = sys.executable
+
+    click.echo("== land", err=True)
+    started = time.perf_counter()
+    report.landing = land_corpus(data / "corpus.jsonl", ws.landing, progress)
+    report.documents = report.landing.documents
+    report.step_seconds["land"] = time.perf_counter() - started
+    click.echo(
+        f"landed {report.landing.documents:,} documents: {report.landing.written:,} written, "
+        f"{report.landing.unchanged:,} unchanged, {report.landing.removed:,} removed",
+        err=True,
+    )
+    run_step("ingest", [python, "-m", "python_jobs.land.ingest"], env, report)
+    dbt = [python, "-m", "python_jobs.transform.dbt", "build", "--select", "+document_chunks"]
+    dbt += ["--indirect-selection", "cautious", "--log-path", str(ws.root / "logs"), "--quiet"]
+    if vars_yaml:
+        dbt += ["--vars", vars_yaml]
+    run_step("dbt build", dbt, env, report)
+    embed = [python, "-m", "python_jobs.index.embed"]
+    if progress is not None:
+        embed.append("--progress" if progress else "--no-progress")
+    run_step("embed", embed, env, report)
+
+    click.echo("== evaluate", err=True)
+    started = time.perf_counter()
+    settings = Settings.load(env={k: v for k, v in env.items() if k in (*ws.paths, ENV_VARS)})
+    options = EvalOptions(modes=modes, ks=BEIR_KS, gates=False, ignore_identical_ids=True, progress=progress)
+    report.eval = run_eval(settings, evaluation, options)
+    report.step_seconds["evaluate"] = time.perf_counter() - started
+    report.table = {
+        mode: {f"{metric}@{k}": report.eval.aggregate[mode][f"{metric}@{k}"] for metric, k in BEIR_COLUMNS}
+        for mode in report.eval.modes
+    }
+    report.total_seconds = time.perf_counter() - clock
+    return report
+
+
+def render(report: BeirReport) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=120, file=io.StringIO())
+    summary = report.eval
+    console.print(
+        f"{report.dataset} ({report.split}): {summary.questions_evaluated} queries, {report.documents:,} documents; "
+        f"index {summary.index_table} v{summary.index_version}, model {summary.model.get('name')}"
+    )
+    table = Table()
+    table.add_column("mode")
+    names = {"ndcg": "nDCG", "recall": "Recall", "map": "MAP", "precision": "P", "mrr": "MRR"}
+    for metric, k in BEIR_COLUMNS:
+        table.add_column(f"{names[metric]}@{k}", justify="right")
+    for mode, values in report.table.items():
+        table.add_row(mode, *(f"{values[f'{m}@{k}']:.4f}" for m, k in BEIR_COLUMNS))
+    console.print(table)
+    steps = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in report.step_seconds.items())
+    console.print(f"wall time {report.total_seconds:.1f}s ({steps}); workspace {report.workspace}")
+    return console.file.getvalue().rstrip()
+
+
+def report_json(report: BeirReport) -> dict[str, Any]:
+    data = asdict(report)
+    data["eval"] = summary_json(report.eval) if report.eval else None
+    return data
+
+
+@click.command()
+@click.argument("data", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--workspace", type=click.Path(path_type=Path, file_okay=False), help="Default: data/beir/<name>.")
+@click.option("--split", default="test", show_default=True, help="Which qrels/<split>.tsv to evaluate.")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(EvalSettings.MODES), help="Only these modes.")
+@click.option("--vars", "vars_yaml", help="YAML vars for this dataset's pipeline (dbt --vars and the jobs).")
+@click.option(
+    "--first-chunk-only",
+    is_flag=True,
+    help="Rank each document by its first chunk only, as models that truncate documents (MTEB) see them.",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def main(data: Path, workspace: Path | None, split: str, modes, vars_yaml, first_chunk_only, progress, as_json) -> None:
+    """Land a BEIR dataset (DATA: corpus.jsonl, queries.jsonl, qrels/) through the pipeline and score it.
+
+    Example: python -m python_jobs.evaluate.beir ../shared/benchmarks/nfcorpus
+    """
+    modes = tuple(modes) or EvalSettings.MODES
+    report = run_job(lambda: eval_beir(data, workspace, split, modes, vars_yaml, progress, first_chunk_only))
+    emit(report_json(report), render(report), as_json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,370 @@
+"""Search the published index: vector, full-text or hybrid, with filters and access control.
+
+Three modes, over the table and version that live.json names (never a half-written run):
+
+- `vector`: the question is embedded by the model that built the index (same fingerprint:
+  weights, backend, normalization) and ranked by cosine similarity; exact search until
+  the table has an ANN index (vars.embedding.ann_min_rows).
+- `fts`: LanceDB's full-text index on `embedding_text` (BM25; stemmed, stop words removed).
+  The question is one match query, never parsed as query syntax.
+- `hybrid`: both lists, `candidates` deep each, fused by reciprocal rank fusion,
+  score(chunk) = sum over the lists it is in of 1 / (rrf_k + rank), rank from 1 and
+  rrf_k = 60 (Cormack et al., 2009). RRF needs no score calibration between BM25 and
+  cosine, and a chunk found by both lists rises above one found by either alone.
+  Ties are broken by chunk id, so results are reproducible.
+
+Access levels and metadata filters become one prefilter (python_jobs.search.filters)
+applied inside each search before ranking, so no mode, fusion included, can return a
+chunk the caller may not read. `per_document` keeps each document's best chunk only
+(results are then documents, ranked by their best chunk), fetching deeper until it has k
+documents or the candidates run out.
+
+Example:
+    python -m python_jobs.search.retriever "how do I descale the kettle" --mode hybrid -k 5
+    python -m python_jobs.search.retriever "E01 after descaling" --access-level internal --doc-type troubleshooting
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import click
+import numpy as np
+import pyarrow as pa
+
+from python_jobs.common.errors import PipelineError
+from python_jobs.common.output import emit, run_job
+from python_jobs.common.settings import Settings
+from python_jobs.index.encoders import Embedder, load_embedder
+from python_jobs.index.store import MODEL_CACHE_DIR, LivePointer, VectorIndex
+from python_jobs.search.filters import (
+    ACCESS_LEVELS,
+    DEFAULT_ACCESS_LEVELS,
+    FilterError,
+    Filters,
+    access_levels_up_to,
+    checked_access_levels,
+)
+
+MODES = ("vector", "fts", "hybrid")
+RRF_K = 60
+QUERY_BATCH = 64
+# Each list of a hybrid search is this deep at least; fusion can only reorder what it sees.
+HYBRID_MIN_CANDIDATES = 50
+METADATA_COLUMNS = ("doc_type", "product_sku", "category", "access_level", "owner", "chunk_index")
+RESULT_COLUMNS = [
+    "chunk_id",
+    "doc_id",
+    "chunk_index",
+    "doc_title",
+    "heading_path",
+    "text",
+    "doc_type",
+    "product_sku",
+    "category",
+    "access_level",
+    "owner",
+    "source_updated_at",
+]
+
+
+@dataclass
+class Hit:
+    """One result: a chunk (or, per document, a document's best chunk) with where it came from."""
+
+    rank: int
+    score: float  # cosine similarity (vector), BM25 (fts) or the RRF sum (hybrid)
+    chunk_id: str
+    doc_id: str
+    doc_title: str
+    heading_path: str
+    text: str
+    metadata: dict[str, Any]
+    vector_rank: int | None = None  # its rank in each list a hybrid search fused
+    fts_rank: int | None = None
+
+
+@dataclass
+class SearchResult:
+    query: str
+    mode: str
+    k: int
+    access_levels: tuple[str, ...]
+    filters: str
+    per_document: bool
+    index_table: str
+    index_version: int
+    hits: list[Hit] = field(default_factory=list)
+
+    def doc_ids(self) -> list[str]:
+        return [hit.doc_id for hit in self.hits]
+
+
+class Retriever:
+    """The published index, opened once for many queries (the evaluation runs hundreds)."""
+
+    def __init__(self, settings: Settings, embedder: Embedder | None = None):
+        self.settings = settings
+        index = VectorIndex(settings.index_dir)
+        pointer = index.live()
+        if pointer is None:
+            raise PipelineError(f"no published index in {settings.index_dir}: run `make embed` first")
+        self.pointer: LivePointer = pointer
+        self.table = index.open(pointer.table, pointer.version)
+        if self.table is None:
+            raise PipelineError(
+                f"live.json in {settings.index_dir} names table {pointer.table}, which is not there: "
+                "run `make verify ARGS=--repair`"
+            )
+        self._embedder = embedder
+        self._rows = None
+        self._query_vectors: dict[str, np.ndarray] = {}
+
+    @property
+    def version(self) -> int:
+        return self.pointer.version
+
+    @property
+    def row_count(self) -> int:
+        if self._rows is None:
+            self._rows = self.table.count_rows()
+        return self._rows
+
+    def search(
+        self,
+        query: str,
+        mode: str = "hybrid",
+        k: int = 10,
+        filters: Filters | None = None,
+        access_levels: Sequence[str] = DEFAULT_ACCESS_LEVELS,
+        per_document: bool = False,
+        candidates: int | None = None,
+    ) -> SearchResult:
+        if mode not in MODES:
+            raise FilterError(f"mode {mode!r} is unknown: use one of {', '.join(MODES)}")
+        if k < 1:
+            raise FilterError(f"k={k} must be at least 1")
+        if not query.strip():
+            raise FilterError("the query is empty")
+        filters = filters or Filters()
+        levels = checked_access_levels(access_levels)
+        where = filters.where(levels)
+        result = SearchResult(
+            query, mode, k, levels, filters.describe(), per_document, self.pointer.table, self.pointer.version
+        )
+        vector = self.embed_query(query) if mode in ("vector", "hybrid") else None
+        depth = max(k, candidates or 0, HYBRID_MIN_CANDIDATES if mode == "hybrid" else 0)
+        if per_document:
+            depth = max(depth, 4 * k)
+        while True:
+            hits = self._ranked(mode, query, vector, where, depth)
+            if per_document:
+                hits = _best_per_document(hits)
+            exhausted = self._exhausted(depth)
+            if len(hits) >= k or exhausted or depth >= self.row_count:
+                break
+            depth *= 4  # documents with many matching chunks crowded the others out: look deeper
+        for rank, hit in enumerate(hits[:k], start=1):
+            hit.rank = rank
+        result.hits = hits[:k]
+        return result
+
+    def embed_query(self, query: str) -> np.ndarray:
+        if query not in self._query_vectors:
+            self.embed_queries([query])
+        return self._query_vectors[query]
+
+    def embed_queries(self, queries: Sequence[str]) -> None:
+        """Embed many questions in batches up front (an evaluation asks hundreds)."""
+        todo = list(dict.fromkeys(q for q in queries if q not in self._query_vectors))
+        for start in range(0, len(todo), QUERY_BATCH):
+            batch = todo[start : start + QUERY_BATCH]
+            self._query_vectors.update(zip(batch, self._query_embedder().encode(batch), strict=True))
+
+    # --- the modes ------------------------------------------------------------------------
+
+    def _ranked(self, mode: str, query: str, vector, where: str, depth: int) -> list[Hit]:
+        self._last_counts: dict[str, int] = {}
+        if mode == "vector":
+            return self._vector(vector, where, depth)
+        if mode == "fts":
+            return self._fts(query, where, depth)
+        return _fuse(self._vector(vector, where, depth), self._fts(query, where, depth))
+
+    def _exhausted(self, depth: int) -> bool:
+        """Whether the last search returned fewer rows than asked: deeper would find nothing new."""
+        return all(count < depth for count in self._last_counts.values())
+
+    def _vector(self, vector: np.ndarray, where: str, depth: int) -> list[Hit]:
+        rows = (
+            self.table.search(vector, vector_column_name="vector")
+            .distance_type("cosine")
+            .where(where, prefilter=True)
+            .select([*RESULT_COLUMNS, "_distance"])
+            .limit(depth)
+            .to_arrow()
+        )
+        self._last_counts["vector"] = rows.num_rows
+        scores = [1.0 - d for d in rows.column("_distance").to_pylist()]
+        hits = _hits(rows, scores)
+        for rank, hit in enumerate(hits, start=1):
+            hit.vector_rank = rank
+        return hits
+
+    def _fts(self, query: str, where: str, depth: int) -> list[Hit]:
+        from lancedb.query import MatchQuery
+
+        rows = (
+            self.table.search(MatchQuery(query, "embedding_text"), query_type="fts")
+            .where(where, prefilter=True)
+            .select([*RESULT_COLUMNS, "_score"])
+            .limit(depth)
+            .to_arrow()
+        )
+        self._last_counts["fts"] = rows.num_rows
+        hits = _hits(rows, rows.column("_score").to_pylist())
+        # BM25 ties are common for short queries: order them the same way every time.
+        hits.sort(key=lambda hit: (-hit.score, hit.chunk_id))
+        for rank, hit in enumerate(hits, start=1):
+            hit.fts_rank = rank
+        return hits
+
+    def _query_embedder(self) -> Embedder:
+        """The model that built the live index, checked by fingerprint: vectors of another model
+        (or backend, or normalization) are not comparable with the index's."""
+        if self._embedder is None:
+            model = self.pointer.model
+            # The configured settings where they match the index, so a process that embeds and then
+            # searches loads the model once.
+            settings = replace(self.settings.embedding, backend=model["backend"], normalize=model["normalized"])
+            embedder = load_embedder(model["name"], settings, self.settings.index_dir / MODEL_CACHE_DIR)
+            if embedder.fingerprint.id != model["id"]:
+                raise PipelineError(
+                    f"the index {self.pointer.table} was built with {model['name']} fingerprint {model['id']}, but "
+                    f"that model now has fingerprint {embedder.fingerprint.id} (its files changed): run `make embed` "
+                    "to rebuild the index for it"
+                )
+            self._embedder = embedder
+        elif self._embedder.fingerprint.id != self.pointer.model["id"]:
+            raise PipelineError(
+                f"the query embedder {self._embedder.fingerprint.describe()} is not the model that built the index "
+                f"{self.pointer.table} ({self.pointer.model['id']})"
+            )
+        return self._embedder
+
+
+def _hits(rows: pa.Table, scores: list[float]) -> list[Hit]:
+    hits = []
+    for row, score in zip(rows.select(RESULT_COLUMNS).to_pylist(), scores, strict=True):
+        updated = row["source_updated_at"]
+        metadata = {name: row[name] for name in METADATA_COLUMNS}
+        metadata["source_updated_at"] = updated.isoformat() if isinstance(updated, datetime) else updated
+        hits.append(
+            Hit(
+                rank=0,
+                score=float(score),
+                chunk_id=row["chunk_id"],
+                doc_id=row["doc_id"],
+                doc_title=row["doc_title"],
+                heading_path=row["heading_path"],
+                text=row["text"],
+                metadata=metadata,
+            )
+        )
+    return hits
+
+
+def _fuse(vector_hits: list[Hit], fts_hits: list[Hit]) -> list[Hit]:
+    """Reciprocal rank fusion of two ranked lists of chunks (see the module docstring)."""
+    fused: dict[str, Hit] = {}
+    scores: dict[str, float] = {}
+    for hits, rank_field in ((vector_hits, "vector_rank"), (fts_hits, "fts_rank")):
+        for rank, hit in enumerate(hits, start=1):
+            kept = fused.setdefault(hit.chunk_id, hit)
+            setattr(kept, rank_field, rank)
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+    for chunk_id, hit in fused.items():
+        hit.score = scores[chunk_id]
+    return sorted(fused.values(), key=lambda hit: (-hit.score, hit.chunk_id))
+
+
+def _best_per_document(hits: list[Hit]) -> list[Hit]:
+    seen: set[str] = set()
+    best = []
+    for hit in hits:
+        if hit.doc_id not in seen:
+            seen.add(hit.doc_id)
+            best.append(hit)
+    return best
+
+
+def render(result: SearchResult) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    unit = "documents" if result.per_document else "chunks"
+    console = Console(width=160, file=io.StringIO())
+    console.print(
+        f"{result.mode} search, top {result.k} {unit} ({result.index_table} v{result.index_version}; "
+        f"access {', '.join(result.access_levels)}; filters: {result.filters})",
+        markup=False,
+    )
+    table = Table()
+    for column, justify in (("#", "right"), ("score", "right"), ("doc", "left"), ("section", "left"), ("text", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for hit in result.hits:
+        snippet = " ".join(hit.text.split())
+        table.add_row(
+            str(hit.rank),
+            f"{hit.score:.4f}",
+            f"{hit.doc_id}\n{hit.metadata['doc_type']}, {hit.metadata['access_level']}",
+            hit.heading_path,
+            snippet[:160] + ("…" if len(snippet) > 160 else ""),
+        )
+    console.print(table if result.hits else f"no {unit} found for {result.query!r}")
+    return console.file.getvalue().rstrip()
+
+
+@click.command()
+@click.argument("query")
+@click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
+@click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--access-level",
+    type=click.Choice(ACCESS_LEVELS),
+    default=DEFAULT_ACCESS_LEVELS[-1],
+    show_default=True,
+    help="The caller's clearance: results come from this level and the ones below it.",
+)
+@click.option("--doc-type", multiple=True, help="Only these document types (repeatable).")
+@click.option("--sku", "product_sku", multiple=True, help="Only documents about these products (repeatable).")
+@click.option("--category", multiple=True, help="Only these product categories (repeatable).")
+@click.option("--updated-from", help="Only documents updated at or after this date (YYYY-MM-DD, UTC).")
+@click.option("--updated-to", help="Only documents updated before this date (YYYY-MM-DD, UTC).")
+@click.option("--documents", "per_document", is_flag=True, help="The best chunk of each document only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def main(
+    query, mode, k, access_level, doc_type, product_sku, category, updated_from, updated_to, per_document, as_json
+):
+    """Search the published index for QUERY.
+
+    Example: python -m python_jobs.search.retriever "how do I descale the kettle" --mode hybrid -k 5
+    """
+    settings = run_job(Settings.load)
+
+    def search() -> SearchResult:
+        filters = Filters.of(doc_type, product_sku, category, None, updated_from, updated_to)
+        retriever = Retriever(settings)
+        return retriever.search(query, mode, k, filters, access_levels_up_to(access_level), per_document)
+
+    result = run_job(search)
+    emit(json.loads(json.dumps(asdict(result), default=str)), render(result), as_json)
+
+
+if __name__ == "__main__":
+    main()
