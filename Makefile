@@ -30,11 +30,12 @@ endif
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# dbt through a thin wrapper that turns a held warehouse lock into one clear message.
-DBT := $(BIN)/python -m python_jobs.transform.dbt
-JOB := $(BIN)/python -m python_jobs
+# Every step is a command of the `rp` CLI (python_jobs/cli.py); dbt goes through `rp dbt`, which turns
+# a held warehouse lock into one clear message and records the results in the ops tables.
+RP := $(BIN)/rp
+DBT := $(RP) dbt
 
-.PHONY: help setup setup-browser data ingest build chunks freshness embed verify query eval eval-beir report pipeline sql docs docs-generate demo bench bench-warehouse bench-chunking bench-embed bench-report test lint format clean distclean
+.PHONY: help setup setup-browser data ingest build chunks freshness embed verify query eval eval-beir report pipeline sql docs docs-generate docs-reference demo bench bench-warehouse bench-chunking bench-embed bench-report test lint format clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -57,43 +58,43 @@ data: $(STAMP) ## Generate a synthetic landing zone: make data SCALE=100000 [ARG
 	$(BIN)/python bench/generate_data.py --scale $(SCALE) --out data/generated/scale-$(SCALE) $(ARGS)
 
 ingest: $(STAMP) ## Land new and changed files into the raw schema
-	$(JOB).ingest $(ARGS)
+	$(RP) ingest $(ARGS)
 
 build: $(STAMP) ## dbt build: seeds, models and tests
-	$(DBT) build $(ARGS)
+	$(RP) build $(ARGS)
 
 chunks: $(STAMP) ## Build and test only documents and document_chunks (and what they need)
-	$(DBT) build --select +document_chunks+ $(ARGS)
+	$(RP) build --select +document_chunks+ $(ARGS)
 
 freshness: $(STAMP) ## Check source freshness against the SLAs
-	$(DBT) source freshness $(ARGS)
+	$(RP) freshness $(ARGS)
 
 embed: $(STAMP) ## Embed new and changed chunks into the LanceDB index: ARGS="--dry-run", "--json", "--max-tokens N"
-	$(JOB).embed $(ARGS)
+	$(RP) embed $(ARGS)
 
 verify: $(STAMP) ## Compare the index with document_chunks; ARGS=--repair fixes what it finds
-	$(JOB).verify_index $(ARGS)
+	$(RP) verify $(ARGS)
 
 query: $(STAMP) ## Search the index: make query Q="how do I descale the kettle" [ARGS="--mode fts -k 10 --access-level internal"]
-	@test -n "$(Q)" || { echo 'usage: make query Q="your question" [ARGS="--mode hybrid|vector|fts ..."]' >&2; exit 2; }
-	$(JOB).retrieve "$(Q)" $(ARGS)
+	@test -n "$$Q" || { echo 'usage: make query Q="your question" [ARGS="--mode hybrid|vector|fts ..."]' >&2; exit 2; }
+	$(RP) query "$$Q" $(ARGS)
 
 eval: $(STAMP) ## Evaluate retrieval on the seeded questions; fails when a gate in vars.eval fails
-	$(JOB).eval $(ARGS)
+	$(RP) eval $(ARGS)
 
 eval-beir: $(STAMP) ## A BEIR dataset end to end in its own workspace: make eval-beir DATA=../shared/benchmarks/nfcorpus
-	@test -n "$(DATA)" || { echo 'usage: make eval-beir DATA=path/to/beir/dataset' >&2; exit 2; }
-	$(JOB).eval_beir "$(DATA)" $(ARGS)
+	@test -n "$$DATA" || { echo 'usage: make eval-beir DATA=path/to/beir/dataset' >&2; exit 2; }
+	$(RP) eval-beir "$$DATA" $(ARGS)
 
 report: $(STAMP) ## Refresh the ops marts and write the HTML dashboard (vars.ops.report_path) [ARGS="--out path --no-refresh --json"]
-	$(JOB).report $(ARGS)
+	$(RP) report $(ARGS)
 
 sql: $(STAMP) ## One read-only query against the warehouse: make sql Q="select * from observability.ops_node_status where is_failure"
-	@test -n "$(Q)" || { echo 'usage: make sql Q="select ..."' >&2; exit 2; }
-	$(JOB).sql "$(Q)" $(ARGS)
+	@test -n "$$Q" || { echo 'usage: make sql Q="select ..."' >&2; exit 2; }
+	$(RP) sql "$$Q" $(ARGS)
 
 pipeline: $(STAMP) ## ingest, build, freshness, embed, eval, report: stops and alerts at the first failure [ARGS=--full-refresh]
-	$(JOB).pipeline $(ARGS)
+	$(RP) pipeline $(ARGS)
 
 docs-generate: $(STAMP)
 	$(DBT) docs generate
@@ -104,10 +105,10 @@ docs: docs-generate ## Generate and serve the dbt docs with the lineage graph (o
 demo: $(STAMP) ## Run the whole pipeline on the shipped sample data
 	# The demo replays the sample delivery, so freshness reflects this run, not the clone date.
 	# ingest, build, freshness, embed, eval and the dashboard, stopping at the first failure.
-	$(JOB).pipeline --full-refresh
+	$(RP) pipeline --full-refresh
 	$(DBT) show --quiet --limit 10 --inline "$$(cat analyses/chunk_summary.sql)"
 	@echo "Demo complete: warehouse at $${RP_DUCKDB_PATH:-data/warehouse/retrieval.duckdb}, index at $${RP_INDEX_DIR:-data/index}; 'make docs' shows the lineage."
-	@echo "Dashboard: $$($(BIN)/python -c 'from python_jobs.common.settings import Settings; print(Settings.load().report_path)')"
+	@echo "Dashboard: $$($(RP) config --json | $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["paths"]["report_path"])')"
 
 bench: bench-warehouse bench-chunking bench-embed bench-report ## All benchmarks on generated data, figures printed: make bench SCALE=100000
 
@@ -126,10 +127,15 @@ bench-report: $(STAMP) ## make report (ops marts refresh + dashboard) at SCALE d
 test: $(STAMP) ## Run the full test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff (Python) and sqlfluff (dbt SQL)
+lint: $(STAMP) ## ruff, sqlfluff (dbt SQL), import-linter (stage order) and the generated reference pages
 	$(BIN)/ruff check python_jobs bench tests
 	$(BIN)/ruff format --check python_jobs bench tests
 	$(BIN)/sqlfluff lint models
+	$(BIN)/lint-imports --no-cache
+	$(RP) reference --check
+
+docs-reference: $(STAMP) ## Regenerate docs/cli.md and docs/configuration.md from the code
+	$(RP) reference
 
 format: $(STAMP) ## Apply ruff and sqlfluff fixes
 	$(BIN)/ruff check --fix python_jobs bench tests

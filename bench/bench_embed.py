@@ -8,7 +8,7 @@
 (b) Mechanics at `--scale` documents (~13 chunks each, like the real chunker makes), where
     the model would take hours: the index is filled by a STAND-IN EMBEDDER (hash vectors
     under the real model's fingerprint, so the real CLI sees an index it can use). Measured:
-    full build, plan time in-process, the no-op `python -m python_jobs.index.embed` wall time,
+    full build, plan time in-process, the no-op `rp embed` wall time,
     a 1% mutation (edits, metadata changes, deletions, additions) applied incrementally,
     `make verify`, and peak memory of a full build at `--scale` and at a tenth of it.
 
@@ -196,11 +196,11 @@ def mechanics(workdir: Path, scale: int) -> dict:
         "generate": timed("generate chunk table", this("generate", str(scale)), env, parse_json=True),
         "full_build": timed("full build (stand-in)", this("apply"), env, parse_json=True),
         "plan": timed("plan in-process", this("plan"), env, parse_json=True),
-        "noop": timed("no-op make embed (real CLI)", [*job, "python_jobs.index.embed", "--json"], env, True),
+        "noop": timed("no-op make embed (real CLI)", [*job, "python_jobs", "embed", "--json"], env, True),
         "mutate": timed("mutate 1% of documents", this("mutate", str(scale)), env, parse_json=True),
         "incremental": timed("incremental build (stand-in)", this("apply"), env, parse_json=True),
-        "noop_after": timed("no-op again", [*job, "python_jobs.index.embed", "--json"], env, True),
-        "verify": timed("make verify", [*job, "python_jobs.index.verify", "--json"], env, True),
+        "noop_after": timed("no-op again", [*job, "python_jobs", "embed", "--json"], env, True),
+        "verify": timed("make verify", [*job, "python_jobs", "verify", "--json"], env, True),
         "generate_tenth": timed("generate, a tenth", this("generate", str(scale // 10)), small_env, True),
         "full_build_tenth": timed("full build, a tenth", this("apply"), small_env, parse_json=True),
         "ann_tenth": timed("ANN index (IVF-HNSW-SQ), a tenth", this("ann"), small_env, parse_json=True),
@@ -300,8 +300,8 @@ def model_path(workdir: Path) -> dict:
 
     click.echo("(a) model path: real model on the sample corpus", err=True)
     env = step_env(workdir, "sample") | {ENV_LANDING_DIR: str(REPO_ROOT / "data" / "raw")}
-    timed("ingest sample", [str(BIN / "python"), "-m", "python_jobs.land.ingest"], env)
-    timed("dbt build sample", [str(BIN / "python"), "-m", "python_jobs.transform.dbt", "build", "--quiet"], env)
+    timed("ingest sample", [str(BIN / "python"), "-m", "python_jobs", "ingest"], env)
+    timed("dbt build sample", [str(BIN / "python"), "-m", "python_jobs", "dbt", "build", "--quiet"], env)
     settings = Settings.load(env={k: env[k] for k in (ENV_DUCKDB_PATH, ENV_INDEX_DIR, ENV_DBT_TARGET_PATH)})
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         texts = [

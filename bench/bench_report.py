@@ -73,7 +73,7 @@ def main(scale: int, workdir: Path | None, as_json: bool) -> None:
         steps["incremental"] = timed("incremental (stand-in)", this("apply"), env, parse_json=True)
         add_documents(workdir / "report.duckdb")
         pending = leave_pending(workdir / "report.duckdb")
-        report = [*job, "python_jobs.observe.report", "--json"]
+        report = [*job, "python_jobs", "report", "--json"]
         steps["report"] = timed("make report", report, env, parse_json=True)
         steps["report_again"] = timed("make report again", report, env, parse_json=True)
         steps["render_only"] = timed("render only (--no-refresh)", [*report, "--no-refresh"], env, True)

@@ -85,7 +85,7 @@ def main(scale: int, workdir: Path | None, fraction: float, as_json: bool) -> No
     }
     python, dbt = str(BIN / "python"), str(BIN / "dbt")
     dbt_paths = ["--target-path", str(workdir / "target"), "--log-path", str(workdir / "logs")]
-    ingest = [python, "-m", "python_jobs.land.ingest", "--json"]
+    ingest = [python, "-m", "python_jobs", "ingest", "--json"]
 
     click.echo(f"warehouse benchmark at scale {scale:,} in {workdir}", err=True)
     steps = [

@@ -16,8 +16,8 @@ dashboard shows the failure. Every alert, warnings too, goes to the sinks in `va
 JSON-lines file, and a webhook if configured). The exit code is the failing step's.
 
 Example:
-    python -m python_jobs.pipeline --full-refresh
-    python -m python_jobs.pipeline --json > summary.json
+    rp pipeline --full-refresh
+    rp pipeline --json > summary.json
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from typing import Any, TextIO
 import click
 
 from python_jobs.common.errors import PipelineError, WarehouseLockedError
-from python_jobs.common.output import emit, run_job
+from python_jobs.common.output import Summary
 from python_jobs.common.settings import Settings
 from python_jobs.evaluate import run as evaluation
 from python_jobs.index import embed
 from python_jobs.land import ingest
 from python_jobs.observe import findings, report
-from python_jobs.observe import marts as report_data
 from python_jobs.observe.alerts import Alert, send
+from python_jobs.observe.findings import Owners
 from python_jobs.transform.dbt import run_dbt
 
 STEPS = ("ingest", "build", "freshness", "embed", "eval", "report")
@@ -68,7 +68,7 @@ class PipelineOptions:
 
 
 @dataclass
-class PipelineSummary:
+class PipelineSummary(Summary):
     steps: list[StepResult] = field(default_factory=list)
     failed_step: str | None = None
     report_path: str | None = None
@@ -77,6 +77,12 @@ class PipelineSummary:
     @property
     def exit_code(self) -> int:
         return next((s.exit_code for s in self.steps if s.status == "failed"), 0)
+
+    def to_text(self) -> str:
+        return render(self)
+
+    def to_json(self) -> dict[str, Any]:
+        return summary_json(self)
 
 
 def run_pipeline(settings: Settings, options: PipelineOptions | None = None) -> PipelineSummary:
@@ -106,16 +112,16 @@ def _run_step(name: str, settings: Settings, options: PipelineOptions, result: S
         if result.status == "skipped":
             result.status = "warn" if result.alerts else "ok"
     except WarehouseLockedError as exc:
-        result.fail(findings.job_failure(name, exc, kind="warehouse_locked"), exc.exit_code)
+        result.fail(findings.job_failure(name, exc, Owners.load(settings), kind="warehouse_locked"), exc.exit_code)
     except embed.BudgetExceededError as exc:
-        result.fail(findings.job_failure(name, exc, kind="budget_exceeded"), exc.exit_code)
+        result.fail(findings.job_failure(name, exc, Owners.load(settings), kind="budget_exceeded"), exc.exit_code)
     except PipelineError as exc:
-        result.fail(findings.job_failure(name, exc), exc.exit_code)
+        result.fail(findings.job_failure(name, exc, Owners.load(settings)), exc.exit_code)
 
 
 def _ingest(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
     ran = ingest.ingest(settings, full_refresh=options.full_refresh)
-    print(ingest.render(ran))
+    print(ran.to_text())
 
 
 def _build(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
@@ -137,7 +143,7 @@ def _dbt_step(step: str, args: list[str], settings: Settings, options: PipelineO
             f"dbt {' '.join(args)} exited {ran.exit_code} with no failing node recorded; "
             f"its log is {settings.dbt_log_dir / 'dbt.log'}"
         )
-        result.fail(findings.job_failure(step, error), ran.exit_code)
+        result.fail(findings.job_failure(step, error, Owners.load(settings)), ran.exit_code)
     stale = [row for row in (captured.freshness if captured else []) if row["status"] == "warn"]
     if stale:
         result.alerts.append(findings.step_alert(step, stale, invocation_id, level="warn"))
@@ -145,21 +151,21 @@ def _dbt_step(step: str, args: list[str], settings: Settings, options: PipelineO
 
 def _embed(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
     ran = embed.embed(settings)
-    print(embed.render(ran))
+    print(ran.to_text())
 
 
 def _eval(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
     ran = evaluation.run_eval(settings)
-    print(evaluation.render(ran))
+    print(ran.to_text())
     if not ran.passed:
-        result.fail(findings.eval_failure("eval", ran, ran.run_id), evaluation.GATE_FAILED_EXIT)
+        result.fail(findings.eval_failure("eval", ran, ran.run_id, Owners.load(settings)), evaluation.GATE_FAILED_EXIT)
 
 
 def _report(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
     ran = report.build_report(settings)
     summary.report_path = ran.path
-    print(report.render(ran))
-    found = [a for a in findings.from_marts(report_data.load(settings.warehouse_path)) if a.kind in REPORT_KINDS]
+    print(ran.to_text())
+    found = [a for a in ran.findings if a.kind in REPORT_KINDS]
     errors = [a for a in found if a.level == "error"]
     result.alerts += [a for a in found if a.level != "error"]
     if errors:
@@ -215,19 +221,3 @@ def summary_json(summary: PipelineSummary) -> dict[str, Any]:
             for s in summary.steps
         ],
     }
-
-
-@click.command()
-@click.option("--full-refresh", is_flag=True, help="Re-read every landing file (ingest --full-refresh).")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary; step output goes to stderr.")
-def main(full_refresh: bool, as_json: bool) -> None:
-    """Run every step in order, stop at the first failure, alert, and write the dashboard."""
-    settings = run_job(Settings.load)
-    options = PipelineOptions(full_refresh=full_refresh, output=sys.stderr if as_json else sys.stdout)
-    summary = run_job(lambda: run_pipeline(settings, options))
-    emit(summary_json(summary), render(summary), as_json)
-    sys.exit(summary.exit_code)
-
-
-if __name__ == "__main__":
-    main()

@@ -87,16 +87,16 @@ class Workspace:
         return result
 
     def ingest(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        return self.run(sys.executable, "-m", "python_jobs.land.ingest", *args, check=check)
+        return self.run(sys.executable, "-m", "python_jobs", "ingest", *args, check=check)
 
     def dbt(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         dbt = str(Path(sys.executable).with_name("dbt"))
         logs = str(self.root / "logs")
         return self.run(dbt, *args, "--target-path", str(self.target), "--log-path", logs, check=check)
 
-    def job(self, module: str, *args: str, check: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
-        """Run `python -m python_jobs.<module>` in this workspace; keyword arguments are extra env vars."""
-        return self.run(sys.executable, "-m", f"python_jobs.{module}", *args, check=check, env=env)
+    def job(self, command: str, *args: str, check: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run `rp <command>` (as `python -m python_jobs`) in this workspace; keyword arguments are extra env vars."""
+        return self.run(sys.executable, "-m", "python_jobs", command, *args, check=check, env=env)
 
     def query(self, sql: str) -> list[tuple]:
         with duckdb.connect(str(self.warehouse), read_only=True) as con:

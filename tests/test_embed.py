@@ -205,7 +205,7 @@ def test_kill_9_then_rerun_converges_to_a_clean_build(point, pending_world, appl
 def test_kill_9_at_a_random_moment_mid_embedding_then_rerun_converges(pending_world, applied, tmp_path):
     reference, _, _ = applied
     ws = pending_world.copy(tmp_path / "ws")
-    command = [sys.executable, "-m", "python_jobs.index.embed", "--progress"]
+    command = [sys.executable, "-m", "python_jobs", "embed", "--progress"]
     env = {**ws.env, "RP_VARS": "{embedding: {commit_rows: 2, batch_size: 2}}"}
     with subprocess.Popen(command, cwd=ws.root, env=env, stderr=subprocess.PIPE) as job:
         assert job.stderr is not None
@@ -224,7 +224,7 @@ def test_kill_9_at_a_random_moment_mid_embedding_then_rerun_converges(pending_wo
 
 def test_second_run_at_the_same_time_exits_with_a_clear_message(pending_world, tmp_path):
     ws = pending_world.copy(tmp_path / "ws")
-    command = [sys.executable, "-m", "python_jobs.index.embed"]
+    command = [sys.executable, "-m", "python_jobs", "embed"]
     env = {**ws.env, "RP_FAILPOINT": "after_plan", "RP_FAILPOINT_ACTION": "pause"}
     with subprocess.Popen(command, cwd=ws.root, env=env, stderr=subprocess.PIPE, text=True) as first:
         assert first.stderr is not None
@@ -236,7 +236,7 @@ def test_second_run_at_the_same_time_exits_with_a_clear_message(pending_world, t
     assert "Traceback" not in second.stderr
 
     assert embed(ws.settings()).status == "success"  # in this process, which has torch loaded already
-    assert ws.job("verify_index").returncode == 0
+    assert ws.job("verify").returncode == 0
 
 
 def test_locked_warehouse_is_a_clear_error_not_a_traceback(indexed_world, tmp_path):
@@ -271,8 +271,8 @@ def test_failing_upstream_test_blocks_indexing_unless_forced(indexed_world, tmp_
     price_match = ws.landing / "docs" / "faq" / "faq-price-match.md"
     price_match.write_text(price_match.read_text() + "\n## Contact\n\nWrite to jane.doe@example.com for help.\n")
     ws.ingest(check=True)
-    assert ws.job("run_dbt", "build").returncode == 1  # no_pii fails at error level
-    ws.job("run_dbt", "show", "--inline", "select 1", check=True)  # overwrites run_results.json
+    assert ws.job("dbt", "build").returncode == 1  # no_pii fails at error level
+    ws.job("dbt", "show", "--inline", "select 1", check=True)  # overwrites run_results.json
 
     blocked = ws.job("embed")
     assert blocked.returncode == 3
@@ -319,7 +319,7 @@ def test_model_change_builds_beside_the_live_index_and_swaps_when_complete(index
     assert killed.returncode == -signal.SIGKILL
     assert index.live().table == old.table  # the old model's index keeps serving, whole
     assert {len(r["vector"]) for r in live_rows(ws).values()} == {384}
-    assert ws.job("verify_index").returncode == 1  # every live row is from another model
+    assert ws.job("verify").returncode == 1  # every live row is from another model
 
     swapped = embed(ws.settings())  # in this process, which has torch loaded already
     assert swapped.swapped_from == old.table and swapped.published
@@ -329,4 +329,4 @@ def test_model_change_builds_beside_the_live_index_and_swaps_when_complete(index
     assert rows.keys() == chunks(ws).keys()
     assert old.table in index.table_names()  # kept for rollback (keep_previous_indexes: 1)
     assert index.live().history[0]["table"] == old.table
-    assert ws.job("verify_index").returncode == 0
+    assert ws.job("verify").returncode == 0

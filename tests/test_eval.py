@@ -195,14 +195,14 @@ def test_bad_eval_set_rows_are_named(search_world, tmp_path):
 
 
 def eval_beir(data: Path, workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m python_jobs.evaluate.beir DATA --workspace WORKSPACE ...`, its command line run in this process,
+    """`rp eval-beir DATA --workspace WORKSPACE ...`, its command line run in this process,
     which has the model loaded already; the pipeline steps (ingest, dbt, embed) still run as jobs of their own."""
     from click.testing import CliRunner
 
-    from python_jobs.evaluate.beir import main
+    from python_jobs.cli import cli
 
-    argv = [str(data), "--workspace", str(workspace), *args]
-    result = CliRunner().invoke(main, argv, env=Workspace(workspace).env, catch_exceptions=False)
+    argv = ["eval-beir", str(data), "--workspace", str(workspace), *args]
+    result = CliRunner().invoke(cli, argv, env=Workspace(workspace).env, catch_exceptions=False)
     return subprocess.CompletedProcess(argv, result.exit_code, result.stdout, result.stderr)
 
 

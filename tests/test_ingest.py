@@ -236,7 +236,7 @@ def test_locked_warehouse_gives_a_clear_message_not_a_traceback(workspace):
 def test_missing_landing_directory_is_named(workspace, tmp_path):
     env_landing = tmp_path / "nowhere"
     result = subprocess.run(
-        [sys.executable, "-m", "python_jobs.land.ingest"],
+        [sys.executable, "-m", "python_jobs", "ingest"],
         cwd=PROJECT_DIR,
         capture_output=True,
         text=True,

@@ -22,8 +22,9 @@ import yaml
 from conftest import PROJECT_DIR, Workspace
 
 from python_jobs.evaluate import run as evaluation
-from python_jobs.index import embed
+from python_jobs.index import runs
 from python_jobs.index import snapshot as index_snapshot
+from python_jobs.index.store import VectorIndex
 from python_jobs.observe.alerts import read_alerts
 from python_jobs.transform import results as dbt_results
 
@@ -140,10 +141,10 @@ def test_index_snapshot_is_rewritten_only_when_the_published_version_moves(ops_w
     ws = ops_world.copy(tmp_path / "ws")
     settings = ws.settings()
     before = ws.query("select max(index_version), count(*) from ops.indexed_chunks")[0]
-    assert not index_snapshot.refresh(settings.warehouse_path, settings.ops_schema, embed.VectorIndex(ws.index))
+    assert not index_snapshot.refresh(settings.warehouse_path, settings.ops_schema, VectorIndex(ws.index))
     ws.execute("delete from ops.indexed_chunks where chunk_id in (select chunk_id from ops.indexed_chunks limit 1)")
     ws.execute("update ops.indexed_chunks set index_version = index_version - 1")
-    assert index_snapshot.refresh(settings.warehouse_path, settings.ops_schema, embed.VectorIndex(ws.index))
+    assert index_snapshot.refresh(settings.warehouse_path, settings.ops_schema, VectorIndex(ws.index))
     assert ws.query("select max(index_version), count(*) from ops.indexed_chunks")[0] == before
 
 
@@ -155,7 +156,7 @@ def test_ops_source_columns_match_what_the_jobs_write():
         for table in sources["sources"][0]["tables"]
     }
     written = {
-        "embed_runs": embed.EMBED_RUNS,
+        "embed_runs": runs.EMBED_RUNS,
         "eval_runs": evaluation.EVAL_RUNS,
         "eval_metrics": evaluation.EVAL_METRICS,
         "dbt_invocations": dbt_results.INVOCATIONS,
@@ -170,7 +171,7 @@ def test_ops_source_columns_match_what_the_jobs_write():
 def test_ops_marts_build_empty_on_a_fresh_warehouse(workspace):
     """No job has run: the ledgers do not exist, and the ops marts still build and pass their tests."""
     workspace.ingest(check=True)
-    built = workspace.job("run_dbt", "build")
+    built = workspace.job("dbt", "build")
     assert built.returncode == 0, built.stdout
     assert workspace.query("select count(*) from observability.ops_eval_trend") == [(0,)]
     assert workspace.query("select chunks_not_indexed > 0 from observability.ops_index_freshness") == [(True,)]
@@ -290,7 +291,7 @@ def test_failed_eval_gate_alerts_with_the_question_ids(ops_world, tmp_path):
 
 def test_a_killed_dbt_build_keeps_the_results_of_the_nodes_that_finished(ops_world, tmp_path):
     ws = ops_world.copy(tmp_path / "ws")
-    ran = ws.job("run_dbt", "build", RP_FAILPOINT="dbt_document_chunks")
+    ran = ws.job("dbt", "build", RP_FAILPOINT="dbt_document_chunks")
     assert ran.returncode == 128 + signal.SIGKILL, ran.stdout
 
     status, results_from, exit_code = ws.query(

@@ -141,17 +141,17 @@ def test_bad_arguments_are_clear_errors(retriever):
 
 
 def test_cli_prints_a_table_or_json(search_world):
-    text = search_world.job("retrieve", "descale the kettle", "--mode", "fts", "-k", "2", check=True).stdout
+    text = search_world.job("query", "descale the kettle", "--mode", "fts", "-k", "2", check=True).stdout
     assert "fts search, top 2 chunks" in text and KETTLE in text
     result = json.loads(
-        search_world.job("retrieve", SECRET_QUERY, "--access-level", "confidential", "--documents", "--json").stdout
+        search_world.job("query", SECRET_QUERY, "--access-level", "confidential", "--documents", "--json").stdout
     )
     assert result["hits"][0]["doc_id"] == SECRET_DOC_ID and result["per_document"] is True
-    bad = search_world.job("retrieve", "x", "--updated-from", "yesterday")
+    bad = search_world.job("query", "x", "--updated-from", "yesterday")
     assert bad.returncode == 2 and "is not a date" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_no_published_index_is_a_clear_error(world: Workspace):
-    result = world.run(sys.executable, "-m", "python_jobs.search.retriever", "anything")
+    result = world.run(sys.executable, "-m", "python_jobs", "query", "anything")
     assert result.returncode == 1
     assert "no published index" in result.stderr and "make embed" in result.stderr

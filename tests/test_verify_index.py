@@ -34,7 +34,7 @@ def republish_latest(ws) -> None:
 
 def test_healthy_index_verifies_clean(indexed_world, tmp_path):
     ws = indexed_world.copy(tmp_path / "ws")
-    result = ws.job("verify_index", "--json", check=True)
+    result = ws.job("verify", "--json", check=True)
     report = json.loads(result.stdout)
     assert report["healthy"] is True
     assert report["index_rows"] == report["chunks"] > 0
@@ -51,7 +51,7 @@ def test_verify_reports_missing_orphaned_stale_and_duplicated_rows_and_repair_fi
     table.add(pa.Table.from_pylist([original[duplicated], orphan], schema=table.schema))
     republish_latest(ws)
 
-    result = ws.job("verify_index", "--json")
+    result = ws.job("verify", "--json")
     report = json.loads(result.stdout)
     assert result.returncode == 1
     assert {k: v for k, v in report["problems"].items() if v} == {
@@ -63,7 +63,7 @@ def test_verify_reports_missing_orphaned_stale_and_duplicated_rows_and_repair_fi
     assert report["examples"]["missing"] == [missing]
     assert report["examples"]["orphaned"] == ["ghost-doc:0000000000:000"]
 
-    repaired = ws.job("verify_index", "--repair", "--json")
+    repaired = ws.job("verify", "--repair", "--json")
     assert repaired.returncode == 0, repaired.stderr
     assert_same_index(live_rows(ws), original)
 
@@ -73,12 +73,12 @@ def test_unreadable_live_pointer_is_named_and_repair_republishes(indexed_world, 
     original = live_rows(ws)
     (ws.index / "live.json").write_text("{ not json")
 
-    broken = ws.job("verify_index")
+    broken = ws.job("verify")
     assert broken.returncode == 1
     assert "live.json is unreadable" in broken.stderr and "--repair" in broken.stderr
     assert "Traceback" not in broken.stderr
 
-    ws.job("verify_index", "--repair", check=True)
+    ws.job("verify", "--repair", check=True)
     assert_same_index(live_rows(ws), original)
     assert list(ws.index.glob("live.json.unreadable-*"))
 

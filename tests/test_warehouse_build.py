@@ -100,11 +100,9 @@ def test_every_model_has_an_owner_and_marts_are_public(built_world):
 
 def test_dbt_through_the_wrapper_passes_results_and_exit_codes_through(world):
     paths = ("--target-path", str(world.root / "target"), "--log-path", str(world.root / "logs"))
-    ok = world.run(sys.executable, "-m", "python_jobs.transform.dbt", "build", "--select", "stg_shop__products", *paths)
-    failing = world.run(
-        sys.executable, "-m", "python_jobs.transform.dbt", "build", "--select", "no_such_model+", *paths
-    )
-    bad_flag = world.run(sys.executable, "-m", "python_jobs.transform.dbt", "build", "--no-such-flag")
+    ok = world.run(sys.executable, "-m", "python_jobs", "dbt", "build", "--select", "stg_shop__products", *paths)
+    failing = world.run(sys.executable, "-m", "python_jobs", "dbt", "build", "--select", "no_such_model+", *paths)
+    bad_flag = world.run(sys.executable, "-m", "python_jobs", "dbt", "build", "--no-such-flag")
 
     assert ok.returncode == 0, ok.stdout[-2000:]
     assert "Completed successfully" in ok.stdout
@@ -114,7 +112,7 @@ def test_dbt_through_the_wrapper_passes_results_and_exit_codes_through(world):
 
 def test_dbt_on_a_locked_warehouse_says_so_without_a_traceback(world):
     with warehouse_locked_by_another_process(world.warehouse) as pid:
-        result = world.run(sys.executable, "-m", "python_jobs.transform.dbt", "build")
+        result = world.run(sys.executable, "-m", "python_jobs", "dbt", "build")
 
     assert result.returncode == 75
     assert "Traceback" not in result.stdout + result.stderr

@@ -9,8 +9,8 @@ import re
 
 import pyarrow as pa
 
-from python_jobs.chunk.model_files import resolve_model
 from python_jobs.chunk.markdown import normalize_markdown
+from python_jobs.chunk.model_files import resolve_model
 
 WORD = re.compile(r"\w+(?:['’-]\w+)*")
 BATCH_DOCUMENTS = 1_000  # bounds the memory held by tokenizer encodings

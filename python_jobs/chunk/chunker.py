@@ -31,6 +31,7 @@ from tokenizers import Tokenizer
 
 from python_jobs.chunk.markdown import Section, split_sections
 from python_jobs.chunk.model_files import ModelFiles, resolve_model
+from python_jobs.chunk.schema import CHUNK_SCHEMA, DOCUMENT_COLUMNS, FINGERPRINT_COLUMNS
 from python_jobs.common.errors import ConfigError
 from python_jobs.common.settings import RetrievalSettings
 
@@ -250,35 +251,6 @@ def chunking_settings(retrieval: RetrievalSettings) -> dict:
     }
     settings["chunking_config_hash"] = hashlib.md5(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     return settings
-
-
-# Document columns copied onto every chunk, for filtering and freshness.
-DOCUMENT_COLUMNS = ("doc_type", "product_sku", "category", "access_level", "owner")
-
-CHUNK_SCHEMA = pa.schema(
-    [
-        ("chunk_id", pa.string()),
-        ("doc_id", pa.string()),
-        ("chunk_index", pa.int32()),
-        ("section_id", pa.string()),
-        ("heading_path", pa.string()),
-        ("text", pa.string()),
-        ("embedding_text", pa.string()),
-        ("token_count", pa.int32()),
-        ("content_hash", pa.string()),
-        ("doc_title", pa.string()),
-        *((name, pa.string()) for name in DOCUMENT_COLUMNS),
-        ("source_updated_at", pa.timestamp("us")),
-        ("document_fingerprint", pa.string()),
-        ("chunking_config_hash", pa.string()),
-    ]
-)
-
-
-# What a document's chunks are made from. content_hash covers the landed front matter and
-# body, so the fingerprint needs no body: an incremental build can compare fingerprints of
-# every document without reading their text.
-FINGERPRINT_COLUMNS = ("doc_id", "content_hash", "title", "updated_at", *DOCUMENT_COLUMNS)
 
 
 def document_fingerprint(document: dict) -> str:

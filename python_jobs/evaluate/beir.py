@@ -20,7 +20,7 @@ as title + " " + text. Records longer than the chunk target are cut into several
 chunks and a document ranks by its best chunk, where MTEB truncates at 256 tokens.
 
 Example:
-    python -m python_jobs.evaluate.beir ../shared/benchmarks/nfcorpus
+    rp eval-beir ../shared/benchmarks/nfcorpus
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import click
 import yaml
 
 from python_jobs.common.errors import PipelineError
-from python_jobs.common.output import emit, progress_bar, run_job
+from python_jobs.common.output import Summary, progress_bar
 from python_jobs.common.settings import ENV_VARS, PROJECT_DIR, EvalSettings, Settings, workspace_env
 from python_jobs.evaluate import datasets as eval_set
 from python_jobs.evaluate.run import EvalOptions, EvalSummary, run_eval, summary_json
@@ -79,7 +79,7 @@ class LandingReport:
 
 
 @dataclass
-class BeirReport:
+class BeirReport(Summary):
     dataset: str
     data_dir: str
     workspace: str
@@ -91,6 +91,12 @@ class BeirReport:
     table: dict[str, dict[str, float]] = field(default_factory=dict)  # mode -> "ndcg@10" -> value
     eval: EvalSummary | None = None
     total_seconds: float = 0.0
+
+    def to_text(self) -> str:
+        return render(self)
+
+    def to_json(self) -> dict[str, Any]:
+        return report_json(self)
 
 
 def land_corpus(corpus: Path, landing: Path, progress: bool | None = None) -> LandingReport:
@@ -207,13 +213,13 @@ def eval_beir(
         f"{report.landing.unchanged:,} unchanged, {report.landing.removed:,} removed",
         err=True,
     )
-    run_step("ingest", [python, "-m", "python_jobs.land.ingest"], env, report)
-    dbt = [python, "-m", "python_jobs.transform.dbt", "build", "--select", "+document_chunks"]
+    run_step("ingest", [python, "-m", "python_jobs", "ingest"], env, report)
+    dbt = [python, "-m", "python_jobs", "dbt", "build", "--select", "+document_chunks"]
     dbt += ["--indirect-selection", "cautious", "--log-path", str(ws.root / "logs"), "--quiet"]
     if vars_yaml:
         dbt += ["--vars", vars_yaml]
     run_step("dbt build", dbt, env, report)
-    embed = [python, "-m", "python_jobs.index.embed"]
+    embed = [python, "-m", "python_jobs", "embed"]
     if progress is not None:
         embed.append("--progress" if progress else "--no-progress")
     run_step("embed", embed, env, report)
@@ -259,30 +265,3 @@ def report_json(report: BeirReport) -> dict[str, Any]:
     data = asdict(report)
     data["eval"] = summary_json(report.eval) if report.eval else None
     return data
-
-
-@click.command()
-@click.argument("data", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("--workspace", type=click.Path(path_type=Path, file_okay=False), help="Default: data/beir/<name>.")
-@click.option("--split", default="test", show_default=True, help="Which qrels/<split>.tsv to evaluate.")
-@click.option("--mode", "modes", multiple=True, type=click.Choice(EvalSettings.MODES), help="Only these modes.")
-@click.option("--vars", "vars_yaml", help="YAML vars for this dataset's pipeline (dbt --vars and the jobs).")
-@click.option(
-    "--first-chunk-only",
-    is_flag=True,
-    help="Rank each document by its first chunk only, as models that truncate documents (MTEB) see them.",
-)
-@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def main(data: Path, workspace: Path | None, split: str, modes, vars_yaml, first_chunk_only, progress, as_json) -> None:
-    """Land a BEIR dataset (DATA: corpus.jsonl, queries.jsonl, qrels/) through the pipeline and score it.
-
-    Example: python -m python_jobs.evaluate.beir ../shared/benchmarks/nfcorpus
-    """
-    modes = tuple(modes) or EvalSettings.MODES
-    report = run_job(lambda: eval_beir(data, workspace, split, modes, vars_yaml, progress, first_chunk_only))
-    emit(report_json(report), render(report), as_json)
-
-
-if __name__ == "__main__":
-    main()

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from python_jobs.common.errors import PipelineError
+from python_jobs.common.errors import ExitCode, PipelineError
 from python_jobs.search.filters import DEFAULT_ACCESS_LEVELS, FilterError, Filters, access_levels_up_to
 
 QUESTION_COLUMNS = ("question_id", "question", "category", "asker_access_level")
@@ -27,7 +27,7 @@ JUDGMENT_COLUMNS = ("question_id", "doc_id", "relevance")
 class EvalSetError(PipelineError):
     """The evaluation set cannot be read; the message names the file or table and the row."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ pinned with the Lance tag `eval`, so version cleanup keeps it for comparison.
 Exit codes: 0 passed, 6 a gate failed (the table is printed first), 2 a bad eval set.
 
 Example:
-    python -m python_jobs.evaluate.run                  # the seeded questions, every mode, gates on
-    python -m python_jobs.evaluate.run --mode hybrid --json
+    rp eval                  # the seeded questions, every mode, gates on
+    rp eval --mode hybrid --json
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import io
 import json
 import math
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -38,10 +37,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import click
-
+from python_jobs.common.errors import ExitCode
 from python_jobs.common.ledger import Ledger, record_run
-from python_jobs.common.output import emit, progress_bar, run_job
+from python_jobs.common.output import Summary, progress_bar
 from python_jobs.common.settings import EvalSettings, Settings
 from python_jobs.common.warehouse import connect
 from python_jobs.evaluate import datasets as eval_sets
@@ -50,7 +48,7 @@ from python_jobs.index.store import IndexBusyError, VectorIndex, pin
 from python_jobs.search.retriever import Retriever
 
 EVAL_TAG = "eval"  # the index version the last evaluation read; cleanup keeps tagged versions
-GATE_FAILED_EXIT = 6
+GATE_FAILED_EXIT = ExitCode.EVAL_GATE
 WORSE_QUESTIONS_SHOWN = 10
 
 EVAL_RUNS = {
@@ -165,7 +163,7 @@ class EvalOptions:
 
 
 @dataclass
-class EvalSummary:
+class EvalSummary(Summary):
     run_id: str
     dataset: str
     source: str
@@ -195,6 +193,12 @@ class EvalSummary:
     @property
     def passed(self) -> bool:
         return not self.gate_failures
+
+    def to_text(self) -> str:
+        return render(self)
+
+    def to_json(self) -> dict[str, Any]:
+        return summary_json(self)
 
 
 def run_eval(
@@ -564,40 +568,3 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
-
-
-@click.command()
-@click.option("--mode", "modes", multiple=True, type=click.Choice(EvalSettings.MODES), help="Only these modes.")
-@click.option("--questions", type=click.Path(path_type=Path, dir_okay=False), help="Questions CSV (seed layout).")
-@click.option("--judgments", type=click.Path(path_type=Path, dir_okay=False), help="Judgments CSV (seed layout).")
-@click.option("--no-gates", is_flag=True, help="Measure only: no thresholds or regression checks.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def main(modes, questions: Path | None, judgments: Path | None, no_gates: bool, progress, as_json: bool) -> None:
-    """Evaluate retrieval on the seeded questions (or --questions/--judgments) and apply the gates.
-
-    Example: python -m python_jobs.evaluate.run --mode hybrid
-    """
-    settings = run_job(Settings.load)
-    if bool(questions) != bool(judgments):
-        raise click.UsageError("--questions and --judgments go together")
-
-    def job() -> EvalSummary:
-        evaluation = eval_sets.from_csv(questions, judgments) if questions else None
-        options = EvalOptions(modes=tuple(modes) or None, gates=not no_gates, progress=progress)
-        return run_eval(settings, evaluation, options)
-
-    summary = run_job(job)
-    emit(summary_json(summary), render(summary), as_json)
-    if not summary.passed:
-        click.secho(
-            f"error: {len(summary.gate_failures)} evaluation gate(s) failed: "
-            + "; ".join(f.describe() for f in summary.gate_failures),
-            fg="red",
-            err=True,
-        )
-        sys.exit(GATE_FAILED_EXIT)
-
-
-if __name__ == "__main__":
-    main()

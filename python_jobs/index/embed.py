@@ -19,9 +19,9 @@ recomputed from the index, vectors already committed to the cache are not embedd
 and nothing is visible to queries until the publish.
 
 Example:
-    python -m python_jobs.index.embed --dry-run     # the plan: counts, tokens, estimated cost
-    python -m python_jobs.index.embed               # apply it
-    python -m python_jobs.index.embed --json --max-tokens 200000
+    rp embed --dry-run     # the plan: counts, tokens, estimated cost
+    rp embed               # apply it
+    rp embed --json --max-tokens 200000
 """
 
 from __future__ import annotations
@@ -30,22 +30,21 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import click
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from python_jobs.common.errors import PipelineError
+from python_jobs.common.errors import ExitCode, PipelineError
 from python_jobs.common.failpoints import failpoint
-from python_jobs.common.ledger import Ledger, mark_interrupted, record
-from python_jobs.common.output import emit, progress_bar, run_job
+from python_jobs.common.ledger import mark_interrupted, record
+from python_jobs.common.output import progress_bar
 from python_jobs.common.settings import Settings
+from python_jobs.common.sqltext import sql_in
 from python_jobs.common.warehouse import connect
 from python_jobs.index import gate as quality_gate
 from python_jobs.index import snapshot as index_snapshot
@@ -59,6 +58,7 @@ from python_jobs.index.plan import (
     make_plan,
     read_chunk_source,
 )
+from python_jobs.index.runs import EmbedSummary, ledger
 from python_jobs.index.store import (
     CHUNK_COLUMNS,
     INDEX_PREFIX,
@@ -72,7 +72,6 @@ from python_jobs.index.store import (
     index_table_name,
     needs_ann_index,
     read_columns,
-    sql_in,
     upkeep,
     vector_type,
 )
@@ -84,50 +83,11 @@ DELETE_BATCH = 1000
 MERGE_ROWS = 100_000
 WRITE_ROWS = 8192  # staged rows read at a time while preparing merges
 
-EMBED_RUNS = {
-    "run_id": "varchar",
-    "started_at": "timestamptz",
-    "finished_at": "timestamptz",
-    "status": "varchar",  # running, success, failed, refused_quality_gate, refused_budget, interrupted
-    "forced": "boolean",
-    "model_name": "varchar",
-    "model_fingerprint": "varchar",
-    "model_backend": "varchar",
-    "model_dimension": "integer",
-    "chunking_config_hash": "varchar",
-    "index_table": "varchar",
-    "index_version": "bigint",
-    "published": "boolean",
-    "swapped_from": "varchar",
-    "chunks_total": "bigint",
-    "chunks_new": "bigint",
-    "chunks_text_changed": "bigint",
-    "chunks_metadata_changed": "bigint",
-    "chunks_unchanged": "bigint",
-    "chunks_deleted": "bigint",
-    "duplicates_removed": "bigint",
-    "texts_embedded": "bigint",
-    "tokens_embedded": "bigint",
-    "chunks_reused": "bigint",
-    "tokens_reused": "bigint",
-    "cache_hit_rate": "double",
-    "price_per_million_tokens": "double",
-    "estimated_cost_usd": "double",
-    "token_budget": "bigint",
-    "plan_seconds": "double",
-    "embed_seconds": "double",
-    "write_seconds": "double",
-    "upkeep_seconds": "double",
-    "total_seconds": "double",
-    "chunks_per_second": "double",
-    "error": "varchar",
-}
-
 
 class BudgetExceededError(PipelineError):
     """The plan needs more tokens than a run may spend; nothing was embedded."""
 
-    exit_code = 4
+    exit_code = ExitCode.BUDGET
 
 
 @dataclass
@@ -137,89 +97,6 @@ class EmbedOptions:
     max_tokens: int | None = None  # overrides vars.embedding.max_tokens_per_run
     wait_seconds: float = 0.0  # how long to queue behind another run
     progress: bool | None = None  # None: a progress bar on a terminal only
-
-
-@dataclass
-class EmbedSummary:
-    run_id: str
-    status: str = "running"
-    dry_run: bool = False
-    forced: bool = False
-    model: dict[str, Any] = field(default_factory=dict)
-    model_loaded: bool = False
-    chunking_config_hash: str = ""
-    index_dir: str = ""
-    index_table: str = ""
-    index_version: int | None = None
-    published: bool = False
-    swapped_from: str | None = None
-    counts: dict[str, int] = field(default_factory=dict)
-    chunks_total: int = 0
-    duplicates_removed: int = 0
-    texts_embedded: int = 0
-    tokens_embedded: int = 0
-    chunks_reused: int = 0
-    tokens_reused: int = 0
-    cache_hit_rate: float | None = None
-    price_per_million_tokens: float = 0.0
-    estimated_cost_usd: float = 0.0
-    token_budget: int = 0
-    plan_seconds: float = 0.0
-    embed_seconds: float = 0.0
-    write_seconds: float = 0.0
-    upkeep_seconds: float = 0.0
-    total_seconds: float = 0.0
-    upkeep: dict[str, Any] | None = None
-    quality_gate: str = ""
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def chunks_per_second(self) -> float | None:
-        busy = self.embed_seconds + self.write_seconds
-        return self.texts_embedded / busy if self.texts_embedded and busy else None
-
-    def ledger_row(self, started_at: datetime) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "started_at": started_at,
-            "finished_at": None if self.status == "running" else datetime.now(UTC),
-            "status": self.status,
-            "forced": self.forced,
-            "model_name": self.model.get("name"),
-            "model_fingerprint": self.model.get("id"),
-            "model_backend": self.model.get("backend"),
-            "model_dimension": self.model.get("dimension"),
-            "chunking_config_hash": self.chunking_config_hash or None,
-            "index_table": self.index_table or None,
-            "index_version": self.index_version,
-            "published": self.published,
-            "swapped_from": self.swapped_from,
-            "chunks_total": self.chunks_total,
-            **{f"chunks_{name}": self.counts.get(name, 0) for name in ("new", "text_changed", "metadata_changed")},
-            "chunks_unchanged": self.counts.get("unchanged", 0),
-            "chunks_deleted": self.counts.get("deleted", 0),
-            "duplicates_removed": self.duplicates_removed,
-            "texts_embedded": self.texts_embedded,
-            "tokens_embedded": self.tokens_embedded,
-            "chunks_reused": self.chunks_reused,
-            "tokens_reused": self.tokens_reused,
-            "cache_hit_rate": self.cache_hit_rate,
-            "price_per_million_tokens": self.price_per_million_tokens,
-            "estimated_cost_usd": self.estimated_cost_usd,
-            "token_budget": self.token_budget,
-            "plan_seconds": self.plan_seconds,
-            "embed_seconds": self.embed_seconds,
-            "write_seconds": self.write_seconds,
-            "upkeep_seconds": self.upkeep_seconds,
-            "total_seconds": self.total_seconds,
-            "chunks_per_second": self.chunks_per_second,
-            "error": self.error,
-        }
-
-
-def ledger(settings: Settings) -> Ledger:
-    return Ledger(settings.ops_schema, "embed_runs", EMBED_RUNS)
 
 
 def embed(settings: Settings, options: EmbedOptions | None = None, embedder: Embedder | None = None) -> EmbedSummary:
@@ -604,59 +481,3 @@ def _drop_retired_tables(index: VectorIndex, keep_previous: int) -> list[str]:
 
 def _new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-
-
-def render(summary: EmbedSummary) -> str:
-    counts = summary.counts
-    head = "plan (dry run, nothing changed)" if summary.dry_run else f"embed {summary.run_id}: {summary.status}"
-    lines = [
-        f"{head} in {summary.total_seconds:.2f}s",
-        f"  model:  {summary.model.get('name')} ({summary.model.get('dimension')}d, {summary.model.get('backend')}, "
-        f"fingerprint {summary.model.get('id')})",
-        f"  chunks: {summary.chunks_total:,} in document_chunks: {counts.get('new', 0):,} new, "
-        f"{counts.get('text_changed', 0):,} text changed, {counts.get('metadata_changed', 0):,} metadata only, "
-        f"{counts.get('unchanged', 0):,} unchanged, {counts.get('deleted', 0):,} deleted"
-        + (f", {summary.duplicates_removed:,} duplicated" if summary.duplicates_removed else ""),
-        f"  {'to embed' if summary.dry_run else 'embedded'}: {summary.texts_embedded:,} texts, "
-        f"{summary.tokens_embedded:,} tokens (est. ${summary.estimated_cost_usd:.4f} at "
-        f"${summary.price_per_million_tokens}/M tokens; budget {summary.token_budget:,}); reused "
-        f"{summary.chunks_reused:,} cached vectors"
-        + (f" (cache hit rate {summary.cache_hit_rate:.0%})" if summary.cache_hit_rate is not None else ""),
-    ]
-    if not summary.dry_run:
-        swap = f", swapped in for {summary.swapped_from}" if summary.swapped_from and summary.published else ""
-        lines.append(
-            f"  index:  {summary.index_table} version {summary.index_version}"
-            f"{' published' if summary.published else ' not published'}{swap} ({summary.index_dir})"
-        )
-        if summary.texts_embedded:
-            lines.append(
-                f"  time:   plan {summary.plan_seconds:.2f}s, embed {summary.embed_seconds:.1f}s, write "
-                f"{summary.write_seconds:.1f}s, upkeep {summary.upkeep_seconds:.1f}s"
-            )
-    if summary.quality_gate:
-        lines.append(f"  quality gate: {summary.quality_gate}")
-    lines += [f"  warning: {w}" for w in summary.warnings]
-    return "\n".join(lines)
-
-
-@click.command()
-@click.option("--dry-run", is_flag=True, help="Print the plan (counts, tokens, estimated cost) and change nothing.")
-@click.option("--force", is_flag=True, help="Index even when the latest dbt build failed tests on the chunks.")
-@click.option("--max-tokens", type=click.IntRange(min=0), help="Token budget of this run (default: vars.embedding).")
-@click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=0.0, help="Queue up to N s behind a run.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def main(dry_run: bool, force: bool, max_tokens: int | None, wait_seconds: float, progress, as_json: bool) -> None:
-    """Embed new and changed chunks of document_chunks into the LanceDB index.
-
-    Example: python -m python_jobs.index.embed --dry-run
-    """
-    settings = run_job(Settings.load)
-    options = EmbedOptions(dry_run, force, max_tokens, wait_seconds, progress)
-    summary = run_job(lambda: embed(settings, options))
-    emit(asdict(summary) | {"chunks_per_second": summary.chunks_per_second}, render(summary), as_json)
-
-
-if __name__ == "__main__":
-    main()

@@ -14,18 +14,17 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from python_jobs.common.errors import PipelineError
+from python_jobs.common.errors import ExitCode, PipelineError
+from python_jobs.transform.results import LAST_BUILD_DIR, TESTING_COMMANDS
 
 GATED_MODEL = "document_chunks"
-TESTING_COMMANDS = frozenset({"build", "test"})
-LAST_BUILD_DIR = "last_build"
 FAILING = frozenset({"fail", "error", "runtime error"})
 
 
 class QualityGateError(PipelineError):
     """The chunks failed their tests; indexing them would serve bad data."""
 
-    exit_code = 3
+    exit_code = ExitCode.QUALITY_GATE
 
 
 @dataclass

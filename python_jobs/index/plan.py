@@ -25,6 +25,7 @@ import duckdb
 import pyarrow as pa
 
 from python_jobs.common.errors import PipelineError
+from python_jobs.common.sqltext import sql_string
 from python_jobs.index.encoders import ModelFingerprint
 from python_jobs.index.store import CHUNK_COLUMNS
 
@@ -102,8 +103,8 @@ def chunk_signature(con: duckdb.DuckDBPyConnection, model: ModelFingerprint) -> 
 def bound_memory(con: duckdb.DuckDBPyConnection, spill_dir: Path, limit: str = "1GB") -> None:
     """Let DuckDB spill the plan's joins and the staging sort to disk instead of growing with the corpus."""
     spill_dir.mkdir(parents=True, exist_ok=True)
-    con.execute(f"set memory_limit = '{limit}'")
-    con.execute(f"set temp_directory = '{spill_dir}'")
+    con.execute(f"set memory_limit = {sql_string(limit)}")
+    con.execute(f"set temp_directory = {sql_string(spill_dir)}")
 
 
 def read_chunk_source(con: duckdb.DuckDBPyConnection) -> ChunkSource:

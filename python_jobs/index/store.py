@@ -21,7 +21,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from python_jobs.common.errors import PipelineError
+from python_jobs.chunk.schema import INDEXED_CHUNK_COLUMNS
+from python_jobs.common.errors import ExitCode, PipelineError
 from python_jobs.index.encoders import ModelFingerprint
 
 if TYPE_CHECKING:  # lancedb takes ~2 s to import: a run with nothing to do never imports it
@@ -52,25 +53,8 @@ OPTIMIZE_MIN_UNINDEXED_ROWS = 10_000
 OPTIMIZE_MIN_UNINDEXED_SHARE = 0.05
 OPTIMIZE_MAX_SMALL_FRAGMENTS = 64  # versions are cleaned up then too (they are kept keep_versions_days anyway)
 # Columns copied from document_chunks onto each index row (what retrieval filters and shows).
-CHUNK_COLUMNS: dict[str, pa.DataType] = {
-    "chunk_id": pa.string(),
-    "doc_id": pa.string(),
-    "chunk_index": pa.int32(),
-    "section_id": pa.string(),
-    "heading_path": pa.string(),
-    "text": pa.string(),
-    "embedding_text": pa.string(),
-    "token_count": pa.int32(),
-    "content_hash": pa.string(),
-    "doc_title": pa.string(),
-    "doc_type": pa.string(),
-    "product_sku": pa.string(),
-    "category": pa.string(),
-    "access_level": pa.string(),
-    "owner": pa.string(),
-    "source_updated_at": pa.timestamp("us"),
-    "chunking_config_hash": pa.string(),
-}
+# document_chunks' columns, copied onto every row of the index (declared in python_jobs/chunk/schema.py).
+CHUNK_COLUMNS = INDEXED_CHUNK_COLUMNS
 # Columns the embedding job adds: how the row was made.
 INDEX_COLUMNS: dict[str, pa.DataType] = {
     "metadata_hash": pa.string(),
@@ -87,7 +71,7 @@ INDEX_COLUMNS: dict[str, pa.DataType] = {
 class IndexBusyError(PipelineError):
     """Another embedding run holds the index; retrying later will work."""
 
-    exit_code = 75
+    exit_code = ExitCode.BUSY
 
 
 def vector_type(dimension: int) -> pa.DataType:
@@ -116,12 +100,6 @@ def index_table_name(model: ModelFingerprint) -> str:
 
 def cache_table_name(model: ModelFingerprint) -> str:
     return f"{CACHE_PREFIX}{model.id}"
-
-
-def sql_in(column: str, values: Iterable[str]) -> str:
-    """`column IN ('a', 'b')` with every value quoted; chunk ids carry document ids from user files."""
-    quoted = ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
-    return f"{column} IN ({quoted})"
 
 
 @dataclass

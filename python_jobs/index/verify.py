@@ -10,25 +10,25 @@ all of the above (duplicates are deleted and written once again); a live pointer
 cannot be read is set aside first, so the run can publish a new one.
 
 Example:
-    python -m python_jobs.index.verify
-    python -m python_jobs.index.verify --repair --json
+    rp verify
+    rp verify --repair --json
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
 from python_jobs.chunk.model_files import resolve_model
 from python_jobs.common.errors import PipelineError
-from python_jobs.common.output import emit, run_job
+from python_jobs.common.output import Summary
 from python_jobs.common.settings import Settings
 from python_jobs.common.warehouse import connect
-from python_jobs.index.embed import EmbedOptions, embed, render
+from python_jobs.index.embed import EmbedOptions, embed
 from python_jobs.index.encoders import fingerprint
 from python_jobs.index.plan import INDEX_KEY_COLUMNS, make_plan, read_chunk_source
 from python_jobs.index.store import VectorIndex, index_table_name, read_columns
@@ -39,7 +39,7 @@ PROBLEMS = {"new": "missing", "deleted": "orphaned", "text_changed": "stale", "m
 
 
 @dataclass
-class VerifyReport:
+class VerifyReport(Summary):
     index_dir: str
     live_table: str | None = None
     live_version: int | None = None
@@ -54,6 +54,12 @@ class VerifyReport:
     @property
     def healthy(self) -> bool:
         return not any(self.problems.values())
+
+    def to_text(self) -> str:
+        return render_report(self)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"healthy": self.healthy}
 
 
 def verify(settings: Settings) -> VerifyReport:
@@ -140,26 +146,3 @@ def render_report(report: VerifyReport) -> str:
     if not report.healthy:
         lines.append("  fix:  make verify ARGS=--repair")
     return "\n".join(lines)
-
-
-@click.command()
-@click.option("--repair", "do_repair", is_flag=True, help="Fix what is found by running the embedding job.")
-@click.option("--force", is_flag=True, help="With --repair: index even when the quality gate fails.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def main(do_repair: bool, force: bool, as_json: bool) -> None:
-    """Compare the published index with document_chunks; exit 1 when they disagree.
-
-    Example: python -m python_jobs.index.verify --repair
-    """
-    settings = run_job(Settings.load)
-    if do_repair:
-        summary = run_job(lambda: repair(settings, EmbedOptions(force=force)))
-        if not as_json:
-            click.echo(render(summary))
-    report = run_job(lambda: verify(settings))
-    emit(asdict(report) | {"healthy": report.healthy}, render_report(report), as_json)
-    sys.exit(0 if report.healthy else 1)
-
-
-if __name__ == "__main__":
-    main()

@@ -14,9 +14,9 @@ below dlt's abstractions: dlt would still need this parsing code and adds its ow
 store beside the warehouse. DuckDB's transactions give the atomicity directly.
 
 Example:
-    python -m python_jobs.land.ingest              # load what changed
-    python -m python_jobs.land.ingest --json       # machine-readable summary
-    python -m python_jobs.land.ingest --full-refresh
+    rp ingest              # load what changed
+    rp ingest --json       # machine-readable summary
+    rp ingest --full-refresh
 """
 
 from __future__ import annotations
@@ -24,17 +24,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import click
 import duckdb
 import pyarrow as pa
 from tqdm import tqdm
 
 from python_jobs.common.errors import LandingFileError, PipelineError
-from python_jobs.common.output import emit, run_job
+from python_jobs.common.output import Summary
 from python_jobs.common.settings import Settings
 from python_jobs.common.warehouse import connect
 from python_jobs.land.zone import SOURCES, LandingSource, ParsedFile, discover, file_sha256, read_file
@@ -68,7 +67,7 @@ class LoadPlan:
 
 
 @dataclass
-class IngestSummary:
+class IngestSummary(Summary):
     run_id: str
     landing_dir: str
     warehouse: str
@@ -95,6 +94,9 @@ class IngestSummary:
     def count(self, table: str, what: str, n: int) -> None:
         counts = self.per_table.setdefault(table, {"loaded": 0, "deleted": 0, "quarantined": 0})
         counts[what] += n
+
+    def to_text(self) -> str:
+        return render(self)
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection, schema: str) -> None:
@@ -455,36 +457,3 @@ def render(summary: IngestSummary) -> str:
     if summary.warnings_total > 30:
         lines.append(f"  ... {summary.warnings_total - 30} more warnings (every quarantined record: raw._quarantine)")
     return "\n".join(lines)
-
-
-@click.command()
-@click.option("--full-refresh", is_flag=True, help="Re-read every landing file, changed or not.")
-@click.option("--checksum", is_flag=True, help="Hash every file instead of trusting unchanged size and mtime.")
-@click.option("--encoding", default=None, help="Encoding of the landing files (default: vars.ingest.encoding, utf-8).")
-@click.option(
-    "--allow-source-removal",
-    is_flag=True,
-    help="Allow a run in which every file of a source is gone (deletes all of its rows).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def main(full_refresh: bool, checksum: bool, encoding: str | None, allow_source_removal: bool, as_json: bool) -> None:
-    """Land new and changed files from the landing zone into the raw schema.
-
-    Example: python -m python_jobs.land.ingest --json
-    """
-    settings = Settings.load()
-    summary = run_job(
-        lambda: ingest(
-            settings,
-            full_refresh=full_refresh,
-            checksum=checksum,
-            encoding=encoding,
-            allow_source_removal=allow_source_removal,
-            quiet=as_json,
-        )
-    )
-    emit(asdict(summary), render(summary), as_json)
-
-
-if __name__ == "__main__":
-    main()

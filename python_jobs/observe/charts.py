@@ -1,4 +1,4 @@
-"""The dashboard's charts, as Plotly figures made from the rows of report_data.
+"""The dashboard's charts, as Plotly figures made from the rows of the ops marts (observe/marts.py).
 
 Each function returns None when there is nothing to plot yet, so the page says so instead
 of drawing an empty frame. Colours are fixed per meaning: red fails, amber warns.
@@ -12,7 +12,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from python_jobs.observe.marts import DashboardData
+from python_jobs.observe.marts import OpsMarts
 
 FAIL, WARN, OK, MUTED = "#c0392b", "#d68910", "#1e8449", "#7f8c8d"
 MODE_COLOURS = {"vector": "#2e86c1", "fts": "#8e44ad", "hybrid": "#16a085"}
@@ -31,7 +31,7 @@ def _titled(text: str) -> dict:
     return dict(text=text, x=0, xanchor="left", y=0.98, yanchor="top")
 
 
-def all_charts(data: DashboardData) -> dict[str, go.Figure | None]:
+def all_charts(data: OpsMarts) -> dict[str, go.Figure | None]:
     """Chart id -> figure; the template places each by id."""
     return {
         "freshness-lag": source_lag(data),
@@ -45,7 +45,7 @@ def all_charts(data: DashboardData) -> dict[str, go.Figure | None]:
     }
 
 
-def source_lag(data: DashboardData) -> go.Figure | None:
+def source_lag(data: OpsMarts) -> go.Figure | None:
     rows = data.freshness_latest
     if not rows:
         return None
@@ -66,7 +66,7 @@ def source_lag(data: DashboardData) -> go.Figure | None:
     return fig
 
 
-def source_lag_history(data: DashboardData) -> go.Figure | None:
+def source_lag_history(data: OpsMarts) -> go.Figure | None:
     by_source = _group(data.freshness_history, "source_table")
     if not by_source:
         return None
@@ -81,7 +81,7 @@ def source_lag_history(data: DashboardData) -> go.Figure | None:
     return fig
 
 
-def index_lag(data: DashboardData) -> go.Figure | None:
+def index_lag(data: OpsMarts) -> go.Figure | None:
     bins = data.index_lag_bins
     if not bins:
         return None
@@ -97,7 +97,7 @@ def index_lag(data: DashboardData) -> go.Figure | None:
     return fig
 
 
-def eval_trend(data: DashboardData) -> go.Figure | None:
+def eval_trend(data: OpsMarts) -> go.Figure | None:
     rows = [r for r in data.eval_trend if r["metric_key"] in TREND_METRICS]
     if not rows:
         return None
@@ -142,7 +142,7 @@ def eval_trend(data: DashboardData) -> go.Figure | None:
     return fig
 
 
-def test_pass_rate(data: DashboardData) -> go.Figure | None:
+def test_pass_rate(data: OpsMarts) -> go.Figure | None:
     builds = [b for b in data.builds if b["tests_run"]]
     if not builds:
         return None
@@ -167,7 +167,7 @@ def test_pass_rate(data: DashboardData) -> go.Figure | None:
     return fig
 
 
-def chunk_churn(data: DashboardData) -> go.Figure | None:
+def chunk_churn(data: OpsMarts) -> go.Figure | None:
     runs = data.churn
     if not runs:
         return None
@@ -190,7 +190,7 @@ def chunk_churn(data: DashboardData) -> go.Figure | None:
     return fig
 
 
-def cost_per_run(data: DashboardData) -> go.Figure | None:
+def cost_per_run(data: OpsMarts) -> go.Figure | None:
     runs = data.costs
     if not runs:
         return None
@@ -212,7 +212,7 @@ def cost_per_run(data: DashboardData) -> go.Figure | None:
     return fig
 
 
-def weekly_budget(data: DashboardData) -> go.Figure | None:
+def weekly_budget(data: OpsMarts) -> go.Figure | None:
     weeks = data.weekly_costs
     if not weeks:
         return None

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from python_jobs.common.settings import Settings
 from python_jobs.observe.alerts import Alert
-from python_jobs.observe.marts import DashboardData
+from python_jobs.observe.marts import OpsMarts
+from python_jobs.transform.results import group_owners
 
 RUNBOOK = "docs/runbook.md"
 PLAYBOOKS = {
@@ -31,8 +33,28 @@ PLAYBOOKS = {
     "warehouse_locked": "locked-warehouse",
     "job_failed": "job-failed",
 }
-PLATFORM_OWNER = ("Data Platform Operations", "data-platform@brightwater.example")  # models/_groups.yml
-RETRIEVAL_OWNER = ("Knowledge and Retrieval Team", "retrieval@brightwater.example")
+# The dbt group (models/_groups.yml) that owns each step's own failures; dbt nodes carry their own group.
+RETRIEVAL_GROUP = "knowledge"
+PLATFORM_GROUP = "platform_ops"
+STEP_GROUPS = {"embed": RETRIEVAL_GROUP, "eval": RETRIEVAL_GROUP, "index": RETRIEVAL_GROUP}
+
+
+@dataclass(frozen=True)
+class Owners:
+    """Each dbt group's owner, as the manifest says (python_jobs.transform.results.group_owners)."""
+
+    groups: Mapping[str, tuple[str | None, str | None]]
+
+    def of(self, group: str) -> dict[str, str | None]:
+        name, email = self.groups.get(group, (None, None))
+        return {"owner": name, "email": email}
+
+    def of_step(self, step: str) -> dict[str, str | None]:
+        return self.of(STEP_GROUPS.get(step, PLATFORM_GROUP))
+
+    @classmethod
+    def load(cls, settings: Settings) -> Owners:
+        return cls(group_owners(settings.dbt_target_dir, settings.project_dir))
 
 
 def runbook(kind: str) -> str:
@@ -89,7 +111,7 @@ def step_alert(step: str, failures: list[Mapping[str, Any]], run_id: str | None,
     return replace(first, details=others)
 
 
-def eval_failure(step: str, summary, run_id: str) -> Alert:
+def eval_failure(step: str, summary, run_id: str, owners: Owners) -> Alert:
     """The eval gates that failed, with the questions that got worse (or scored lowest)."""
     failures = summary.gate_failures
     first = failures[0]
@@ -101,8 +123,7 @@ def eval_failure(step: str, summary, run_id: str) -> Alert:
         subject=f"{first.mode} {first.metric}",
         summary=f"{len(failures)} eval gate(s) failed on {summary.dataset}: {first.describe()}",
         error="; ".join(f.describe() for f in failures),
-        owner=RETRIEVAL_OWNER[0],
-        email=RETRIEVAL_OWNER[1],
+        **owners.of(RETRIEVAL_GROUP),
         where={
             "eval_run_id": run_id,
             "question_ids": sorted({q["question_id"] for f in failures for q in f.worse_questions}),
@@ -117,8 +138,7 @@ def eval_failure(step: str, summary, run_id: str) -> Alert:
     )
 
 
-def job_failure(step: str, error: BaseException, kind: str = "job_failed") -> Alert:
-    owner = RETRIEVAL_OWNER if step in ("embed", "eval") else PLATFORM_OWNER
+def job_failure(step: str, error: BaseException, owners: Owners, kind: str = "job_failed") -> Alert:
     return Alert(
         level="error",
         kind=kind,
@@ -126,14 +146,13 @@ def job_failure(step: str, error: BaseException, kind: str = "job_failed") -> Al
         subject=f"make {step}",
         summary=f"{step} failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
         error=str(error) or type(error).__name__,
-        owner=owner[0],
-        email=owner[1],
+        **owners.of_step(step),
         where={"rerun": f"make {step}"},
         runbook=runbook(kind),
     )
 
 
-def from_marts(data: DashboardData) -> list[Alert]:
+def from_marts(data: OpsMarts, owners: Owners) -> list[Alert]:
     """Everything the ops marts say needs attention, errors first: the dashboard's first section."""
     found: list[Alert] = []
     found += [node_failure("status", row) for row in data.failing_nodes if row["resource_type"] != "source"]
@@ -142,14 +161,14 @@ def from_marts(data: DashboardData) -> list[Alert]:
         for row in data.freshness_latest
         if row["is_failure"] or row["is_warning"]
     ]
-    found += [eval_trend_alert(row) for row in data.eval_problems]
-    found += list(index_alerts(data.index_freshness))
-    found += list(budget_alerts(data.weekly_costs[-1:]))
+    found += [eval_trend_alert(row, owners) for row in data.eval_problems]
+    found += list(index_alerts(data.index_freshness, owners))
+    found += list(budget_alerts(data.weekly_costs[-1:], owners))
     found += [flaky_alert(row) for row in data.tests_attention if row["is_flaky"]]
     return sorted(found, key=lambda a: a.level != "error")
 
 
-def eval_trend_alert(row: Mapping[str, Any]) -> Alert:
+def eval_trend_alert(row: Mapping[str, Any], owners: Owners) -> Alert:
     below = row["is_below_gate"]
     kind = "eval_gate_failed" if below else "eval_regression"
     if below:
@@ -167,15 +186,14 @@ def eval_trend_alert(row: Mapping[str, Any]) -> Alert:
         step="eval",
         subject=f"{row['mode']} {row['metric_key']}",
         summary=f"{summary} ({row['dataset']})",
-        owner=RETRIEVAL_OWNER[0],
-        email=RETRIEVAL_OWNER[1],
+        **owners.of(RETRIEVAL_GROUP),
         where={"eval_run_id": row["eval_run_id"], "per_question_results": "ops.eval_question_results"},
         runbook=runbook(kind),
         run_id=row["eval_run_id"],
     )
 
 
-def index_alerts(index: Mapping[str, Any]) -> Iterable[Alert]:
+def index_alerts(index: Mapping[str, Any], owners: Owners) -> Iterable[Alert]:
     """A breached index SLA is an error; chunks merely waiting for the next embed are a warning."""
     if not index or not index.get("chunks_pending"):
         return
@@ -194,14 +212,13 @@ def index_alerts(index: Mapping[str, Any]) -> Iterable[Alert]:
             f"({pending}); "
             f"oldest waiting {_fmt(index.get('oldest_pending_hours'))} h, SLA {_fmt(index.get('sla_hours'))} h"
         ),
-        owner=RETRIEVAL_OWNER[0],
-        email=RETRIEVAL_OWNER[1],
+        **owners.of(RETRIEVAL_GROUP),
         where={"chunks": "observability.ops_index_chunks where is_pending", "plan": "make embed ARGS=--dry-run"},
         runbook=runbook("index_stale"),
     )
 
 
-def budget_alerts(weeks: list[Mapping[str, Any]]) -> Iterable[Alert]:
+def budget_alerts(weeks: list[Mapping[str, Any]], owners: Owners) -> Iterable[Alert]:
     for week in weeks:
         if week["is_over_budget"]:
             yield Alert(
@@ -213,8 +230,7 @@ def budget_alerts(weeks: list[Mapping[str, Any]]) -> Iterable[Alert]:
                     f"embedding spend ${week['estimated_cost_usd']:.4f} is over the weekly budget "
                     f"${week['budget_usd']:.2f} ({week['budget_used']:.0%})"
                 ),
-                owner=RETRIEVAL_OWNER[0],
-                email=RETRIEVAL_OWNER[1],
+                **owners.of(RETRIEVAL_GROUP),
                 where={"runs": "observability.ops_embedding_cost", "weeks": "observability.ops_embedding_cost_weekly"},
                 runbook=runbook("budget_exceeded"),
             )

@@ -1,4 +1,4 @@
-"""Read the ops marts (models/marts/ops) into plain rows for the dashboard, read-only.
+"""Read the ops marts (models/marts/ops) into plain rows, read-only: for the findings and the dashboard.
 
 Every query is bounded (latest state, or the last HISTORY_RUNS runs), so the page stays
 small however long the history or large the corpus: per-chunk lag is binned in DuckDB.
@@ -21,7 +21,9 @@ LAG_BINS = 24
 
 
 @dataclass
-class DashboardData:
+class OpsMarts:
+    """What the ops marts say now, bounded: the rows the findings and the dashboard's charts read."""
+
     failing_nodes: list[dict[str, Any]] = field(default_factory=list)
     warning_nodes: list[dict[str, Any]] = field(default_factory=list)
     status_counts: list[dict[str, Any]] = field(default_factory=list)
@@ -100,8 +102,8 @@ QUERIES = {
 }
 
 
-def load(warehouse: Path) -> DashboardData:
-    data = DashboardData()
+def load(warehouse: Path) -> OpsMarts:
+    data = OpsMarts()
     with connect(warehouse, read_only=True) as con:
         for name, sql in QUERIES.items():
             setattr(data, name, _rows(con, sql))

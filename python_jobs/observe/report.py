@@ -11,8 +11,8 @@ index, eval regressions, budget overruns and flaky tests (python_jobs/observe/fi
 recent alerts, then freshness, retrieval quality, tests, volume and cost.
 
 Example:
-    python -m python_jobs.observe.report                 # writes vars.ops.report_path
-    python -m python_jobs.observe.report --out /tmp/ops.html --no-refresh --json
+    rp report                 # writes vars.ops.report_path
+    rp report --out /tmp/ops.html --no-refresh --json
 """
 
 from __future__ import annotations
@@ -21,22 +21,20 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import click
 import plotly.io as pio
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from plotly.offline import get_plotlyjs
 
-from python_jobs.common.output import emit, run_job
+from python_jobs.common.output import Summary
 from python_jobs.common.settings import Settings
 from python_jobs.observe import charts as report_charts
-from python_jobs.observe import findings
-from python_jobs.observe import marts as report_data
-from python_jobs.observe.alerts import read_alerts
+from python_jobs.observe import findings, marts
+from python_jobs.observe.alerts import Alert, read_alerts
 from python_jobs.transform.dbt import run_dbt
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -45,15 +43,22 @@ REFRESH_ARGS = ["build", "--select", "tag:ops", "--quiet"]
 
 
 @dataclass
-class ReportSummary:
+class ReportSummary(Summary):
     path: str
     bytes: int = 0
     refreshed: bool = False
     refresh_exit_code: int | None = None
     attention: dict[str, int] = field(default_factory=dict)  # level -> count
     charts: list[str] = field(default_factory=list)  # ids of the charts drawn
+    findings: list[Alert] = field(default_factory=list, repr=False)  # what needs attention, errors first
     refresh_seconds: float = 0.0
     render_seconds: float = 0.0
+
+    def to_text(self) -> str:
+        return render(self)
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if key != "findings"}
 
 
 def build_report(settings: Settings, out: Path | None = None, refresh: bool = True) -> ReportSummary:
@@ -65,8 +70,8 @@ def build_report(settings: Settings, out: Path | None = None, refresh: bool = Tr
         summary.refresh_seconds = time.perf_counter() - clock
         summary.refreshed = True
     clock = time.perf_counter()
-    data = report_data.load(settings.warehouse_path)
-    attention = findings.from_marts(data)
+    data = marts.load(settings.warehouse_path)
+    attention = findings.from_marts(data, findings.Owners.load(settings))
     charts = {key: fig for key, fig in report_charts.all_charts(data).items() if fig is not None}
     html = render_page(settings, data, attention, charts)
     _write_atomically(out, html)
@@ -74,6 +79,7 @@ def build_report(settings: Settings, out: Path | None = None, refresh: bool = Tr
     summary.bytes = len(html.encode("utf-8"))
     summary.charts = sorted(charts)
     summary.attention = {level: sum(a.level == level for a in attention) for level in ("error", "warn")}
+    summary.findings = attention
     return summary
 
 
@@ -140,20 +146,3 @@ def render(summary: ReportSummary) -> str:
         f"rendered in {summary.render_seconds:.1f} s; {refresh})\n"
         f"Needs attention: {errors} error(s), {warnings} warning(s)"
     )
-
-
-@click.command()
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Where to write the page.")
-@click.option("--refresh/--no-refresh", default=True, help="Rebuild the ops marts first (default: yes).")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def main(out: Path | None, refresh: bool, as_json: bool) -> None:
-    """Write the ops dashboard: freshness, quality, tests, volume and cost, failures first."""
-    settings = run_job(Settings.load)
-    summary = run_job(lambda: build_report(settings, out, refresh))
-    emit(summary.__dict__, render(summary), as_json)
-    if summary.refresh_exit_code not in (None, 0):
-        raise SystemExit(summary.refresh_exit_code)
-
-
-if __name__ == "__main__":
-    main()

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 
-from python_jobs.common.errors import PipelineError
-from python_jobs.index.store import sql_in
+from python_jobs.common.errors import ExitCode, PipelineError
+from python_jobs.common.sqltext import sql_in
 
 # Lowest to highest, as documents declare them (front matter `access_level`). A caller
 # cleared for a level may read it and every level below it.
@@ -26,7 +26,7 @@ DEFAULT_ACCESS_LEVELS = ("public",)
 class FilterError(PipelineError):
     """A filter or access level the index cannot apply; the message names the argument."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 def access_levels_up_to(level: str) -> tuple[str, ...]:

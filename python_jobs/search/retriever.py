@@ -20,34 +20,31 @@ chunk the caller may not read. `per_document` keeps each document's best chunk o
 documents or the candidates run out.
 
 Example:
-    python -m python_jobs.search.retriever "how do I descale the kettle" --mode hybrid -k 5
-    python -m python_jobs.search.retriever "E01 after descaling" --access-level internal --doc-type troubleshooting
+    rp query "how do I descale the kettle" --mode hybrid -k 5
+    rp query "E01 after descaling" --access-level internal --doc-type troubleshooting
 """
 
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-import click
 import numpy as np
 import pyarrow as pa
 
+from python_jobs.chunk.schema import INDEXED_CHUNK_COLUMNS
 from python_jobs.common.errors import PipelineError
-from python_jobs.common.output import emit, run_job
+from python_jobs.common.output import Summary
 from python_jobs.common.settings import Settings
 from python_jobs.index.encoders import Embedder, load_embedder
 from python_jobs.index.store import MODEL_CACHE_DIR, LivePointer, VectorIndex
 from python_jobs.search.filters import (
-    ACCESS_LEVELS,
     DEFAULT_ACCESS_LEVELS,
     FilterError,
     Filters,
-    access_levels_up_to,
     checked_access_levels,
 )
 
@@ -56,21 +53,14 @@ RRF_K = 60
 QUERY_BATCH = 64
 # Each list of a hybrid search is this deep at least; fusion can only reorder what it sees.
 HYBRID_MIN_CANDIDATES = 50
-METADATA_COLUMNS = ("doc_type", "product_sku", "category", "access_level", "owner", "chunk_index")
+# What a result carries: the chunk's text and where it came from, not how it was cut or embedded.
 RESULT_COLUMNS = [
-    "chunk_id",
-    "doc_id",
-    "chunk_index",
-    "doc_title",
-    "heading_path",
-    "text",
-    "doc_type",
-    "product_sku",
-    "category",
-    "access_level",
-    "owner",
-    "source_updated_at",
+    name
+    for name in INDEXED_CHUNK_COLUMNS
+    if name not in {"section_id", "embedding_text", "token_count", "content_hash", "chunking_config_hash"}
 ]
+HIT_COLUMNS = ("chunk_id", "doc_id", "doc_title", "heading_path", "text", "source_updated_at")
+METADATA_COLUMNS = tuple(name for name in RESULT_COLUMNS if name not in HIT_COLUMNS)
 
 
 @dataclass
@@ -90,7 +80,7 @@ class Hit:
 
 
 @dataclass
-class SearchResult:
+class SearchResult(Summary):
     query: str
     mode: str
     k: int
@@ -103,6 +93,9 @@ class SearchResult:
 
     def doc_ids(self) -> list[str]:
         return [hit.doc_id for hit in self.hits]
+
+    def to_text(self) -> str:
+        return render(self)
 
 
 class Retriever:
@@ -328,43 +321,3 @@ def render(result: SearchResult) -> str:
         )
     console.print(table if result.hits else f"no {unit} found for {result.query!r}")
     return console.file.getvalue().rstrip()
-
-
-@click.command()
-@click.argument("query")
-@click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
-@click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option(
-    "--access-level",
-    type=click.Choice(ACCESS_LEVELS),
-    default=DEFAULT_ACCESS_LEVELS[-1],
-    show_default=True,
-    help="The caller's clearance: results come from this level and the ones below it.",
-)
-@click.option("--doc-type", multiple=True, help="Only these document types (repeatable).")
-@click.option("--sku", "product_sku", multiple=True, help="Only documents about these products (repeatable).")
-@click.option("--category", multiple=True, help="Only these product categories (repeatable).")
-@click.option("--updated-from", help="Only documents updated at or after this date (YYYY-MM-DD, UTC).")
-@click.option("--updated-to", help="Only documents updated before this date (YYYY-MM-DD, UTC).")
-@click.option("--documents", "per_document", is_flag=True, help="The best chunk of each document only.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def main(
-    query, mode, k, access_level, doc_type, product_sku, category, updated_from, updated_to, per_document, as_json
-):
-    """Search the published index for QUERY.
-
-    Example: python -m python_jobs.search.retriever "how do I descale the kettle" --mode hybrid -k 5
-    """
-    settings = run_job(Settings.load)
-
-    def search() -> SearchResult:
-        filters = Filters.of(doc_type, product_sku, category, None, updated_from, updated_to)
-        retriever = Retriever(settings)
-        return retriever.search(query, mode, k, filters, access_levels_up_to(access_level), per_document)
-
-    result = run_job(search)
-    emit(json.loads(json.dumps(asdict(result), default=str)), render(result), as_json)
-
-
-if __name__ == "__main__":
-    main()

@@ -10,8 +10,8 @@ results are recorded in the ops tables (python_jobs/transform/results.py) for th
 the dashboard and the alerts.
 
 Example:
-    python -m python_jobs.transform.dbt build --select customers+
-    python -m python_jobs.transform.dbt source freshness
+    rp dbt build --select customers+
+    rp dbt source freshness
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import TextIO
 
 from python_jobs.common.errors import WarehouseLockedError
-from python_jobs.common.output import run_job
 from python_jobs.common.settings import Settings
 from python_jobs.common.warehouse import connect, lock_message
-from python_jobs.index.gate import LAST_BUILD_DIR, TESTING_COMMANDS
 from python_jobs.transform import results as dbt_results
+from python_jobs.transform.results import LAST_BUILD_DIR, TESTING_COMMANDS
 
 LOCK_ERROR = "Could not set lock on file"
 
@@ -102,13 +101,3 @@ def _keep_build_artifacts(target: Path) -> None:
     for name in ("run_results.json", "manifest.json"):
         if (target / name).is_file():
             shutil.copy2(target / name, kept / name)
-
-
-def main() -> None:
-    settings = Settings.load()
-    code = run_job(lambda: run_dbt(settings, sys.argv[1:]).exit_code)
-    sys.exit(128 - code if code < 0 else code)  # dbt killed by signal N: exit 128 + N, as a shell reports it
-
-
-if __name__ == "__main__":
-    main()

@@ -23,11 +23,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from python_jobs.common.ledger import Ledger, record_run
 from python_jobs.common.warehouse import connect
 
 RECORDED_COMMANDS = frozenset({"build", "run", "test", "seed", "snapshot", "source"})
 FAILING_ROWS_SAMPLE = 5  # rows of a failing test's stored failures kept with its result
+# The artifacts of the last command that ran tests are kept aside in target/last_build/: `dbt show`
+# and `dbt docs generate` overwrite target/run_results.json, and the index's quality gate reads them.
+TESTING_COMMANDS = frozenset({"build", "test"})
+LAST_BUILD_DIR = "last_build"
+GROUPS_FILE = "models/_groups.yml"
 DEFAULT_OWNER_GROUP = "platform_ops"  # owns what has no group: hooks, and sources without meta.group
 
 INVOCATIONS = {
@@ -186,6 +193,19 @@ def capture(warehouse: Path, ops_schema: str, target_dir: Path, run: Invocation)
         ],
     )
     return Captured(invocation, nodes, freshness)
+
+
+def group_owners(target_dir: Path, project_dir: Path) -> dict[str, tuple[str | None, str | None]]:
+    """Each dbt group's owner as (name, email): from the manifest dbt last wrote, or, before dbt has
+    parsed the project, from the groups file it would parse (models/_groups.yml)."""
+    for folder in (target_dir, target_dir / LAST_BUILD_DIR):
+        manifest = _read_json(folder / "manifest.json")
+        if manifest and manifest.get("groups"):
+            groups = manifest["groups"].values()
+            break
+    else:
+        groups = (yaml.safe_load((project_dir / GROUPS_FILE).read_text(encoding="utf-8")) or {}).get("groups", [])
+    return {g["name"]: ((g.get("owner") or {}).get("name"), (g.get("owner") or {}).get("email")) for g in groups}
 
 
 class _Owners:

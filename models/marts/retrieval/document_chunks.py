@@ -8,9 +8,10 @@ of documents that are gone. `dbt build --full-refresh` re-chunks everything.
 
 import pyarrow as pa
 
-from python_jobs.chunk.chunker import FINGERPRINT_COLUMNS, chunk_table, document_fingerprint
-from python_jobs.common.settings import RetrievalSettings
+from python_jobs.chunk.chunker import chunk_table, document_fingerprint
+from python_jobs.chunk.schema import FINGERPRINT_COLUMNS
 from python_jobs.common.failpoints import failpoint
+from python_jobs.common.settings import RetrievalSettings
 
 
 def model(dbt, session):
