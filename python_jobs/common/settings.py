@@ -1,24 +1,47 @@
-"""One configuration object for every job, read from one place.
+"""One configuration object for every job, read from one place, checked key by key.
 
-The dbt project's `vars:` in dbt_project.yml are the single source of settings, so a
-change shows up in dbt's lineage docs and in every Python job alike. Paths can be
-overridden by environment variables (the same ones profiles.yml reads), so a test or a
+The dbt project's `vars:` in dbt_project.yml are the single source of settings, so a change shows up
+in dbt's lineage docs and in every Python job alike. `RP_VARS` (YAML) is merged over them key by key,
+and a few environment variables (the same ones profiles.yml reads) override paths, so a test or a
 benchmark can point the whole pipeline at its own landing zone and warehouse.
+
+`ProjectVars` is the schema of `vars:`: every key dbt or a job reads, with its type, range, default
+and description. Every section forbids unknown keys, so a typo such as `batch_sise` stops the job with
+exit code 2 and the closest valid key instead of running on the default. docs/configuration.md is
+generated from it (`configuration_reference`).
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import copy
+import difflib
 import json
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
+from urllib.parse import SplitResult, urlsplit
 
+import annotated_types
 import yaml
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from python_jobs.common.errors import ConfigError
 
@@ -29,6 +52,7 @@ ENV_LANDING_DIR = "RP_LANDING_DIR"
 ENV_DUCKDB_PATH = "RP_DUCKDB_PATH"
 ENV_INDEX_DIR = "RP_INDEX_DIR"
 ENV_DBT_TARGET_PATH = "DBT_TARGET_PATH"  # dbt's own: where it writes its artifacts
+ENV_DBT_LOG_PATH = "DBT_LOG_PATH"  # dbt's own: where it writes dbt.log
 ENV_VARS = "RP_VARS"  # YAML mapping merged over vars, like `dbt --vars`, for the Python jobs
 ENV_ALERTS_FILE = "RP_ALERTS_FILE"
 ENV_ALERT_WEBHOOK_URL = "RP_ALERT_WEBHOOK_URL"
@@ -36,6 +60,9 @@ ENV_REPORT_PATH = "RP_REPORT_PATH"
 DEFAULT_DUCKDB_PATH = "data/warehouse/retrieval.duckdb"
 DEFAULT_ALERTS_FILE = "data/alerts/alerts.jsonl"
 DEFAULT_REPORT_PATH = "data/reports/dashboard.html"
+
+REFERENCE_PAGE = PROJECT_DIR / "docs" / "configuration.md"
+REFERENCE_MARKER = "<!-- Generated below this line from python_jobs/common/settings.py by `rp reference`. -->"
 
 
 def workspace_env(root: Path) -> dict[str, str]:
@@ -51,249 +78,581 @@ def workspace_env(root: Path) -> dict[str, str]:
     }
 
 
-@dataclass(frozen=True)
-class IngestSettings:
-    max_document_bytes: int = 5_000_000
-    encoding: str = "utf-8"
+# --- value types ------------------------------------------------------------------------------
+# YAML already gives typed values, so numbers and flags are strict: `true` is not a count and "16" is
+# not a batch size. Every number must be finite: a price of .inf would pass any budget.
 
 
 @dataclass(frozen=True)
-class RetrievalSettings:
-    """How documents become chunks and vectors: `vars.retrieval` in dbt_project.yml."""
+class _Expect:
+    """What a setting must be, in words, where its type alone does not say it (errors and docs use it)."""
 
-    embedding_model: str = "all-MiniLM-L6-v2"
-    chunk_target_tokens: int = 192
-    chunk_overlap_tokens: int = 24
-    # Boilerplate sections (a legal footer) are embedded without the document title, so
-    # identical text in many documents is one embedding.
-    shared_section_headings: tuple[str, ...] = ()
+    text: str
+
+
+Whole = Annotated[int, Strict()]
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+Flag = Annotated[bool, Strict()]
+Identifier = Annotated[str, _Expect("a schema name (letters, digits and _, not starting with a digit)")]
+RelativePath = Annotated[str, _Expect("a path, relative to the project directory")]
+Mode = Literal["vector", "fts", "hybrid"]
+Backend = Literal["torch", "onnx", "onnx-int8"]
+_GATE_FORMAT = "'<mode> <metric>@<k> >= <floor>'"
+
+
+def _invalid(reason: str, *at: str | int) -> PydanticCustomError:
+    """A failed check whose message is `reason`, about the setting `at` below the one being validated."""
+    return PydanticCustomError("invalid_setting", "{reason}", {"reason": reason, "at": at})
+
+
+# --- the sections of vars ---------------------------------------------------------------------
+
+
+class IngestSettings(BaseModel):
+    """How landing files are read: `vars.ingest`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_document_bytes: Whole = Field(5_000_000, ge=1, description="Larger documents are quarantined, not loaded.")
+    encoding: Annotated[str, _Expect("an encoding Python knows, such as utf-8 or latin-1")] = Field(
+        "utf-8", description="Encoding of the landing files (`rp ingest --encoding` overrides it for one run)."
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        codecs.lookup(value)  # LookupError is a ValueError: reported as this setting
+        return value
+
+
+class RetrievalSettings(BaseModel):
+    """How documents become chunks, and which model embeds them: `vars.retrieval`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    embedding_model: Annotated[str, _Expect("a sentence-transformers model name or a model directory")] = Field(
+        "all-MiniLM-L6-v2",
+        min_length=1,
+        description="Embedding model; chunks are counted with its tokenizer and bounded by its max sequence length.",
+    )
+    chunk_target_tokens: Whole = Field(
+        192, ge=1, description="Chunk size the splitter aims for, heading prefix and special tokens included."
+    )
+    chunk_overlap_tokens: Whole = Field(
+        24, ge=0, description="Tokens shared by consecutive chunks of one section (less than half the target)."
+    )
+    # Boilerplate sections (a legal footer) are embedded without the document title, so identical
+    # text in many documents is one embedding.
+    shared_section_headings: Annotated[tuple[str, ...], _Expect("a list of headings")] = Field(
+        (), description="Sections under these headings are embedded without the document title, so they embed once."
+    )
 
     @classmethod
     def from_vars(cls, values: Mapping[str, Any]) -> RetrievalSettings:
-        """From `vars.retrieval`, or from a `chunking_settings` row (which keeps the list as JSON)."""
-        try:
-            headings = values.get("shared_section_headings") or ()
-            if isinstance(headings, str):
-                headings = json.loads(headings)
-            return cls(
-                embedding_model=str(values.get("embedding_model") or cls.embedding_model),
-                chunk_target_tokens=int(values.get("chunk_target_tokens", cls.chunk_target_tokens)),
-                chunk_overlap_tokens=int(values.get("chunk_overlap_tokens", cls.chunk_overlap_tokens)),
-                shared_section_headings=tuple(str(h) for h in headings),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"vars.retrieval is invalid: {exc}") from None
+        """From `vars.retrieval` as the dbt Python models get it, or from a `chunking_settings` row (which
+        has more columns, and keeps the headings as JSON). The jobs check vars whole in `Settings.load`."""
+        data = {name: values[name] for name in cls.model_fields if values.get(name) not in (None, "")}
+        headings = data.get("shared_section_headings")
+        if isinstance(headings, str):
+            with contextlib.suppress(ValueError):  # if it is not JSON, it is reported as not a list of headings
+                data["shared_section_headings"] = json.loads(headings)
+        return _validate(cls, data, ("retrieval",))
 
 
-@dataclass(frozen=True)
-class EmbeddingSettings:
-    """How chunks become vectors in the LanceDB index: `vars.embedding` in dbt_project.yml.
+class EmbeddingSettings(BaseModel):
+    """How chunks become vectors in the LanceDB index: `vars.embedding`.
 
-    The model itself is `vars.retrieval.embedding_model`, shared with chunking: chunks are
-    cut for the model that embeds them.
+    The model itself is `vars.retrieval.embedding_model`, shared with chunking: chunks are cut for
+    the model that embeds them.
     """
 
-    backend: str = "torch"  # torch | onnx | onnx-int8
-    batch_size: int = 32  # texts per model call
-    commit_rows: int = 512  # rows per index commit: the most work a killed run can lose
-    normalize: bool = True
-    price_per_million_tokens: float = 0.02
-    max_tokens_per_run: int = 5_000_000
-    ann_min_rows: int = 100_000  # below this, exact search is fast enough and exact
-    keep_versions_days: float = 7.0
-    keep_previous_indexes: int = 1  # indexes of earlier models kept for rollback
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    BACKENDS = ("torch", "onnx", "onnx-int8")
+    BACKENDS: ClassVar[tuple[str, ...]] = get_args(Backend)
 
-    @classmethod
-    def from_vars(cls, values: Mapping[str, Any]) -> EmbeddingSettings:
-        defaults = cls()
-        try:
-            settings = cls(
-                backend=str(values.get("backend", defaults.backend)),
-                batch_size=int(values.get("batch_size", defaults.batch_size)),
-                commit_rows=int(values.get("commit_rows", defaults.commit_rows)),
-                normalize=_boolean(values.get("normalize", defaults.normalize)),
-                price_per_million_tokens=float(
-                    values.get("price_per_million_tokens", defaults.price_per_million_tokens)
-                ),
-                max_tokens_per_run=int(values.get("max_tokens_per_run", defaults.max_tokens_per_run)),
-                ann_min_rows=int(values.get("ann_min_rows", defaults.ann_min_rows)),
-                keep_versions_days=float(values.get("keep_versions_days", defaults.keep_versions_days)),
-                keep_previous_indexes=int(values.get("keep_previous_indexes", defaults.keep_previous_indexes)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"vars.embedding is invalid: {exc}") from None
-        if settings.backend not in cls.BACKENDS:
-            raise ConfigError(f"vars.embedding.backend={settings.backend!r} must be one of {', '.join(cls.BACKENDS)}")
-        for name in ("batch_size", "commit_rows"):
-            if getattr(settings, name) < 1:
-                raise ConfigError(f"vars.embedding.{name}={getattr(settings, name)} must be at least 1")
-        for name in ("price_per_million_tokens", "max_tokens_per_run", "keep_versions_days", "keep_previous_indexes"):
-            if getattr(settings, name) < 0:
-                raise ConfigError(f"vars.embedding.{name}={getattr(settings, name)} must not be negative")
-        return settings
+    index_dir: RelativePath = Field(
+        "data/index", min_length=1, description="LanceDB directory. Env override: `RP_INDEX_DIR`."
+    )
+    backend: Backend = Field(
+        "torch", description="ONNX Runtime is faster; part of the model fingerprint: switching builds a new index."
+    )
+    batch_size: Whole = Field(32, ge=1, description="Texts per model call.")
+    commit_rows: Whole = Field(512, ge=1, description="Rows per index commit: the most work a killed run redoes.")
+    normalize: Flag = Field(True, description="Unit-length vectors, so dot product is cosine; part of the fingerprint.")
+    price_per_million_tokens: Number = Field(
+        0.02, ge=0, description="USD per million tokens, for the cost estimates of the plan and the run ledger."
+    )
+    max_tokens_per_run: Whole = Field(
+        5_000_000,
+        ge=0,
+        description="A run that would embed more tokens stops before embedding any (`--max-tokens` overrides it).",
+    )
+    ann_min_rows: Whole = Field(
+        100_000, ge=0, description="Build an ANN index from this many rows; below it, search is exact and fast enough."
+    )
+    keep_versions_days: Number = Field(
+        7.0, ge=0, description="Index versions older than this are cleaned up, except pinned ones (`live`, `eval`)."
+    )
+    keep_previous_indexes: Whole = Field(
+        1, ge=0, description="Index tables of earlier models kept after a swap, for rollback."
+    )
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    """How retrieval is measured and what a release must reach: `vars.eval` in dbt_project.yml."""
+class EvalSettings(BaseModel):
+    """How retrieval is measured and what a release must reach: `vars.eval`."""
 
-    modes: tuple[str, ...] = ("vector", "fts", "hybrid")
-    ks: tuple[int, ...] = (1, 3, 5, 10)
-    min_relevance: int = 1  # judgments graded below this are not relevant
-    # Release gates, from `vars.eval.gates` entries "<mode> <metric>@<k> >= <floor>": mode -> key -> floor.
-    thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    # A drop of more than this (absolute) against the last passing run fails, for these metrics.
-    regression_tolerance: float = 0.02
-    regression_metrics: tuple[str, ...] = ("hit_rate@5", "ndcg@10", "mrr@10", "recall@10")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    MODES = ("vector", "fts", "hybrid")
-    METRICS = ("precision", "recall", "hit_rate", "mrr", "ndcg", "map")
+    MODES: ClassVar[tuple[str, ...]] = get_args(Mode)
+    METRICS: ClassVar[tuple[str, ...]] = ("precision", "recall", "hit_rate", "mrr", "ndcg", "map")
 
-    @classmethod
-    def from_vars(cls, values: Mapping[str, Any]) -> EvalSettings:
-        defaults = cls()
-        try:
-            modes = tuple(str(m) for m in values.get("modes", defaults.modes))
-            ks = tuple(sorted({int(k) for k in values.get("k", defaults.ks)}))
-            thresholds: dict[str, dict[str, float]] = {}
-            for gate in values.get("gates") or ():
-                mode, key, floor = _gate(gate)
-                thresholds.setdefault(mode, {})[key] = floor
-            settings = cls(
-                modes=modes,
-                ks=ks,
-                min_relevance=int(values.get("min_relevance", defaults.min_relevance)),
-                thresholds=thresholds,
-                regression_tolerance=float(values.get("regression_tolerance", defaults.regression_tolerance)),
-                regression_metrics=tuple(str(m) for m in values.get("regression_metrics", defaults.regression_metrics)),
-            )
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise ConfigError(f"vars.eval is invalid: {exc}") from None
-        for mode in (*settings.modes, *settings.thresholds):
-            if mode not in cls.MODES:
-                raise ConfigError(f"vars.eval: mode {mode!r} is unknown, use one of {', '.join(cls.MODES)}")
-        if not settings.modes or not settings.ks or min(settings.ks) < 1:
-            raise ConfigError("vars.eval: modes and k must be non-empty, and every k at least 1")
-        named = [key for floors in settings.thresholds.values() for key in floors] + list(settings.regression_metrics)
-        for key in named:
-            settings.check_metric_key(key, "vars.eval")
-        if settings.regression_tolerance < 0:
-            raise ConfigError("vars.eval.regression_tolerance must not be negative")
-        return settings
+    modes: Annotated[tuple[Mode, ...], _Expect(f"a list of {', '.join(get_args(Mode))}")] = Field(
+        get_args(Mode), min_length=1, description="Retrieval modes `rp eval` measures."
+    )
+    k: Annotated[tuple[Annotated[Whole, Field(ge=1)], ...], _Expect("a list of whole numbers, 1 or more")] = Field(
+        (1, 3, 5, 10), min_length=1, description="Cut-offs every metric is computed at (`<metric>@<k>`)."
+    )
+    min_relevance: Whole = Field(1, ge=0, description="Judgments graded below this are not relevant.")
+    gates: Annotated[tuple[str, ...], _Expect(f"a list of {_GATE_FORMAT} entries")] = Field(
+        (), description="Release gates: `rp eval` exits non-zero when one fails on the seeded questions."
+    )
+    regression_tolerance: Number = Field(
+        0.02, ge=0, description="Largest drop (absolute) of a regression metric against the last passing run."
+    )
+    regression_metrics: Annotated[tuple[str, ...], _Expect("a list of '<metric>@<k>' keys")] = Field(
+        ("hit_rate@5", "ndcg@10", "mrr@10", "recall@10"),
+        description="Metrics checked for a regression against the last passing run.",
+    )
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """`k`, sorted, each once."""
+        return self.k
+
+    @property
+    def thresholds(self) -> dict[str, dict[str, float]]:
+        """The gates as mode -> metric key -> floor: "hybrid ndcg@10 >= 0.9" is {"hybrid": {"ndcg@10": 0.9}}."""
+        thresholds: dict[str, dict[str, float]] = {}
+        for gate in self.gates:
+            mode, key, floor = _gate(gate)
+            thresholds.setdefault(mode, {})[key] = floor
+        return thresholds
 
     def check_metric_key(self, key: str, where: str) -> None:
+        problem = self._metric_key_problem(key)
+        if problem:
+            raise ConfigError(f"{where}: {key!r} {problem}")
+
+    def _metric_key_problem(self, key: str) -> str | None:
         metric, _, k = key.partition("@")
-        if metric not in self.METRICS or not k.isdigit() or int(k) not in self.ks:
-            raise ConfigError(
-                f"{where}: {key!r} is not a metric this evaluation computes: use <metric>@<k> with metric one of "
-                f"{', '.join(self.METRICS)} and k one of {list(self.ks)} (vars.eval.k)"
-            )
+        if metric in self.METRICS and k.isdigit() and int(k) in self.k:
+            return None
+        return (
+            f"is not a metric this evaluation computes: use <metric>@<k> with metric one of "
+            f"{', '.join(self.METRICS)} and k one of {list(self.k)} (eval.k)"
+        )
+
+    @field_validator("k")
+    @classmethod
+    def _sorted_once(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(sorted(set(value)))
+
+    @field_validator("gates")
+    @classmethod
+    def _gates_read_as_gates(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for position, gate in enumerate(value):
+            if _gate(gate) is None:
+                raise _invalid(f"must read {_GATE_FORMAT}, e.g. 'hybrid ndcg@10 >= 0.9', got {gate!r}", position)
+        return value
+
+    @model_validator(mode="after")
+    def _gates_and_metrics_are_measured(self) -> EvalSettings:
+        for position, gate in enumerate(self.gates):
+            mode, key, _ = _gate(gate) or ("", "", 0.0)
+            if mode not in self.MODES:
+                raise _invalid(
+                    f"has mode {mode!r}, which is unknown: use one of {', '.join(self.MODES)}", "gates", position
+                )
+            if problem := self._metric_key_problem(key):
+                raise _invalid(f"names {key!r}, which {problem}", "gates", position)
+        for position, key in enumerate(self.regression_metrics):
+            if problem := self._metric_key_problem(key):
+                raise _invalid(f"names {key!r}, which {problem}", "regression_metrics", position)
+        return self
 
 
-def _gate(entry: Any) -> tuple[str, str, float]:
-    """ "hybrid ndcg@10 >= 0.9" -> ("hybrid", "ndcg@10", 0.9)."""
+def _gate(entry: str) -> tuple[str, str, float] | None:
+    """ "hybrid ndcg@10 >= 0.9" -> ("hybrid", "ndcg@10", 0.9); None when it does not read as a gate."""
     parts = str(entry).split()
+    if len(parts) != 4 or parts[2] != ">=":
+        return None
     try:
-        mode, key, operator, floor = parts
-        if operator != ">=":
-            raise ValueError
-        return mode, key, float(floor)
+        floor = float(parts[3])
     except ValueError:
-        raise ConfigError(
-            f"vars.eval.gates: {entry!r} must read '<mode> <metric>@<k> >= <value>', e.g. 'hybrid ndcg@10 >= 0.9'"
-        ) from None
+        return None
+    return (parts[0], parts[1], floor) if math.isfinite(floor) else None
 
 
-@dataclass(frozen=True)
-class WebhookSettings:
+class WebhookSettings(BaseModel):
     """Where alerts are POSTed: `vars.alerts.webhook`. An empty url means no webhook."""
 
-    url: str = ""
-    timeout_seconds: float = 5.0  # per attempt
-    retries: int = 3  # extra attempts after the first, on connection errors, timeouts, 429 and 5xx
-    backoff_seconds: float = 0.5  # urllib3's backoff factor
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may carry a token: kept out of logs
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    KEYS = ("url", "timeout_seconds", "retries", "backoff_seconds", "headers")
+    url: Annotated[str, _Expect("an http:// or https:// URL with a host name and a valid port, or empty")] = Field(
+        "",
+        description="Webhook the alerts are POSTed to as JSON; empty means none. Env override: `RP_ALERT_WEBHOOK_URL`.",
+    )
+    timeout_seconds: Number = Field(5.0, gt=0, description="Timeout of one attempt, in seconds.")
+    retries: Whole = Field(
+        3, ge=0, description="Extra attempts after the first, on connection errors, timeouts, 429 and 5xx."
+    )
+    backoff_seconds: Number = Field(
+        0.5, ge=0, description="urllib3's backoff factor: with 3 retries it waits 0, 1 and 2 seconds."
+    )
+    # May carry a token: kept out of reprs and logs.
+    headers: Annotated[Mapping[str, str], _Expect("a mapping of header names to values")] = Field(
+        default_factory=dict,
+        repr=False,
+        description="Extra headers; `${NAME}` in a value is read from the environment (keep tokens out of git).",
+    )
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _http_url(cls, value: Any) -> str:
+        url = "" if value is None else value
+        if not isinstance(url, str):
+            raise ValueError("not a URL")
+        url = url.strip()
+        if url and _http_url_parts(url) is None:
+            raise ValueError("not an http(s) URL with a host name and a valid port")
+        return url
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _headers_from_env(cls, value: Any, info: ValidationInfo) -> dict[str, str]:
+        """Headers with ${NAME} read from the environment; unused without a url, so a header naming an unset
+        variable only matters with one."""
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise _invalid(f"must be a mapping of header names to values, got {value!r}")
+        env = (info.context or {}).get("env", os.environ)
+        headers = {}
+        for name, text in value.items():
+            if not isinstance(text, str | int | float) or isinstance(text, bool):
+                raise _invalid(f"must be a text value, got {text!r}", str(name))
+            text = str(text)
+            if info.data.get("url"):
+                missing = [ref for ref in re.findall(r"\$\{(\w+)\}", text) if ref not in env]
+                if missing:
+                    raise _invalid(f"uses ${{{missing[0]}}}, which is not set in the environment", str(name))
+                text = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], text)
+            if "\n" in text or "\r" in text:
+                raise _invalid("must be one line", str(name))
+            headers[str(name)] = text
+        return headers if info.data.get("url") else {}
 
 
-@dataclass(frozen=True)
-class AlertSettings:
-    """Where alerts go (python_jobs/observe/alerts.py): `vars.alerts` in dbt_project.yml."""
+def _http_url_parts(url: str) -> SplitResult | None:
+    """`urlsplit(url)` if it is an http or https URL with a host name and a port in 1-65535, else None."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        return None
+    return parts
 
-    jsonl_path: Path = PROJECT_DIR / DEFAULT_ALERTS_FILE
-    webhook: WebhookSettings = field(default_factory=WebhookSettings)
 
-    KEYS = ("jsonl_path", "webhook")
+class AlertSettings(BaseModel):
+    """Where alerts go (python_jobs/observe/alerts.py): `vars.alerts`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    jsonl_path: Annotated[Path, _Expect("a file path, relative to the project directory")] = Field(
+        Path(DEFAULT_ALERTS_FILE),
+        validate_default=True,
+        description="The alerts file, appended to first: the record of truth. Env override: `RP_ALERTS_FILE`.",
+    )
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings, description="Where alerts are POSTed.")
+
+    @field_validator("jsonl_path", mode="before")
+    @classmethod
+    def _path_text(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty")
+        return value
+
+    @field_validator("jsonl_path")
+    @classmethod
+    def _in_project(cls, value: Path, info: ValidationInfo) -> Path:
+        resolve = (info.context or {}).get("resolve") or _resolver(PROJECT_DIR)
+        return resolve(str(value))
 
     @classmethod
     def from_vars(
         cls, values: Mapping[str, Any], resolve: Callable[[str], Path], env: Mapping[str, str]
     ) -> AlertSettings:
         """From `vars.alerts`; RP_ALERTS_FILE and RP_ALERT_WEBHOOK_URL override the file and the url."""
-        _check_keys(values, cls.KEYS, "vars.alerts")
-        path = env.get(ENV_ALERTS_FILE) or values.get("jsonl_path") or DEFAULT_ALERTS_FILE
-        if not isinstance(path, str):
-            raise ConfigError(f"vars.alerts.jsonl_path must be a file path, got {path!r}")
-        hook = values.get("webhook") or {}
-        _check_keys(hook, WebhookSettings.KEYS, "vars.alerts.webhook")
-        url = str(env.get(ENV_ALERT_WEBHOOK_URL) or hook.get("url") or "").strip()
-        parts = urlsplit(url)
-        if url and (parts.scheme not in ("http", "https") or not parts.hostname):
-            where = ENV_ALERT_WEBHOOK_URL if env.get(ENV_ALERT_WEBHOOK_URL) else "vars.alerts.webhook.url"
-            raise ConfigError(f"{where} must be an http:// or https:// URL (or empty for no webhook), got {url!r}")
-        defaults = WebhookSettings()
-        webhook = WebhookSettings(
-            url=url,
-            timeout_seconds=_number(hook, "timeout_seconds", defaults.timeout_seconds, positive=True),
-            retries=_number(hook, "retries", defaults.retries, whole=True),
-            backoff_seconds=_number(hook, "backoff_seconds", defaults.backoff_seconds),
-            # Unused without a url, so a header naming an unset variable only matters with one.
-            headers=_headers(hook.get("headers") or {}, env) if url else {},
-        )
-        return cls(jsonl_path=resolve(path), webhook=webhook)
+        data = _alerts_with_env(_with_empty_sections(values, cls), env)
+        context = {"resolve": resolve, "env": env}
+        return _validate(cls, data, ("alerts",), _Origin(env=env).of, context)
 
 
-def _check_keys(values: Any, known: tuple[str, ...], where: str) -> None:
+class OpsSettings(BaseModel):
+    """The ops marts (models/marts/ops) and the dashboard: `vars.ops`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    test_history_runs: Whole = Field(
+        20, ge=1, description="Runs per test that its fail rate and flakiness are measured over (`ops_test_history`)."
+    )
+    flaky_min_status_changes: Whole = Field(
+        2, ge=1, description="Status changes in that window (pass -> fail -> pass) that make a test flaky, not broken."
+    )
+    index_freshness_sla_hours: Number = Field(
+        24, gt=0, description="Longest a landed change may wait to be indexed (`ops_index_freshness`)."
+    )
+    weekly_budget_usd: Number = Field(
+        5.0, ge=0, description="Embedding spend per week, priced from seeds/embedding_cost_rates.csv, before a warning."
+    )
+    report_path: RelativePath = Field(
+        DEFAULT_REPORT_PATH, min_length=1, description="Where `rp report` writes. Env override: `RP_REPORT_PATH`."
+    )
+
+
+class ProjectVars(BaseModel):
+    """Every key of `vars:` in dbt_project.yml (and of RP_VARS): what dbt's models and the jobs read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    landing_dir: RelativePath = Field(
+        "data/raw", min_length=1, description="Landing zone the ingest job reads. Env override: `RP_LANDING_DIR`."
+    )
+    raw_schema: Identifier = Field(
+        "raw", pattern=r"^[A-Za-z_]\w*$", description="Schema the ingest job writes and the dbt sources read."
+    )
+    ops_schema: Identifier = Field(
+        "ops", pattern=r"^[A-Za-z_]\w*$", description="Schema of the jobs' run ledgers, declared as dbt sources."
+    )
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="How landing files are read.")
+    max_transaction_amount: Number = Field(
+        25000, gt=0, description="Largest amount a transaction line may have (a test on the shop staging model)."
+    )
+    max_transaction_quantity: Whole = Field(
+        50, ge=1, description="Largest quantity a transaction line may have (a test on the shop staging model)."
+    )
+    row_count_max_drop_pct: Number = Field(
+        20,
+        ge=0,
+        le=100,
+        description="A core mart's row count dropping by more than this percentage between builds warns.",
+    )
+    quarantine_error_threshold: Whole = Field(
+        1000, ge=0, description="Quarantined landing records: any warns, more than this fails the build."
+    )
+    retrieval: RetrievalSettings = Field(
+        default_factory=RetrievalSettings, description="How documents become chunks, and which model embeds them."
+    )
+    embedding: EmbeddingSettings = Field(
+        default_factory=EmbeddingSettings, description="How chunks become vectors in the LanceDB index."
+    )
+    eval: EvalSettings = Field(
+        default_factory=EvalSettings, description="How retrieval is measured and what a release must reach."
+    )
+    alerts: AlertSettings = Field(
+        default_factory=AlertSettings, description="Where failures are reported: the alerts file, then the webhook."
+    )
+    ops: OpsSettings = Field(default_factory=OpsSettings, description="The ops marts and the dashboard.")
+
+
+# --- checking vars, and saying what is wrong --------------------------------------------------
+
+Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+_MISSING = object()
+
+
+def _settings_fields(model: type[BaseModel] = ProjectVars, prefix: Loc = ()) -> Iterator[tuple[Loc, FieldInfo]]:
+    """Every setting below `model`, sections included, as (key path, field), in declaration order."""
+    for name, info in model.model_fields.items():
+        yield (*prefix, name), info
+        if _section(info) is not None:
+            yield from _settings_fields(_section(info), (*prefix, name))
+
+
+def _section(info: FieldInfo) -> type[BaseModel] | None:
+    kind = info.annotation
+    return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+
+
+def _path(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _lookup(data: Any, loc: Loc) -> Any:
+    for part in loc:
+        in_list = isinstance(data, list | tuple) and isinstance(part, int) and part < len(data)
+        if in_list or (isinstance(data, Mapping) and part in data):
+            data = data[part]
+        else:
+            return _MISSING
+    return data
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where a setting's value came from, for the error message: an environment variable, RP_VARS or
+    dbt_project.yml; `project` None means the caller cannot tell (a section checked on its own)."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    project: Mapping[str, Any] | None = None
+    override: Mapping[str, Any] = field(default_factory=dict)
+
+    def of(self, loc: Loc) -> tuple[str, str]:
+        """(the name to show for the setting at `loc`, where it came from)."""
+        for name, key in (
+            (ENV_ALERT_WEBHOOK_URL, ("alerts", "webhook", "url")),
+            (ENV_ALERTS_FILE, ("alerts", "jsonl_path")),
+        ):
+            if self.env.get(name) and loc[: len(key)] == key:
+                return name, ""
+        if self.override and _lookup(self.override, loc) is not _MISSING:
+            return _path(loc), f" (from {ENV_VARS})"
+        if self.project is None:
+            return _path(loc), ""
+        if _lookup(self.project, loc) is not _MISSING or not self.override:
+            return _path(loc), " (in dbt_project.yml vars)"
+        return _path(loc), f" (in dbt_project.yml vars or {ENV_VARS})"
+
+
+def _validate(
+    model: type[M],
+    data: Any,
+    prefix: Loc,
+    origin: Callable[[Loc], tuple[str, str]] | None = None,
+    context: dict[str, Any] | None = None,
+) -> M:
+    """`model` from `data` (the settings at key path `prefix`), or a ConfigError naming every problem."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, data, prefix, origin or (lambda loc: (_path(loc), "")))) from None
+
+
+def _problems(exc: ValidationError, data: Any, prefix: Loc, origin: Callable[[Loc], tuple[str, str]]) -> str:
+    fields = dict(_settings_fields())
+    lines: list[str] = []
+    for error in exc.errors():
+        loc = (*prefix, *error["loc"])
+        if error["type"] == "extra_forbidden":
+            name, source = origin(loc)
+            line = f"{name}: unknown setting; {_suggestion(loc[:-1], loc[-1], fields)}{source}"
+        elif error["type"] == "invalid_setting":
+            loc = (*loc, *error["ctx"]["at"])
+            name, source = origin(loc)
+            line = f"{name} {error['ctx']['reason']}{source}"
+        else:
+            while loc and loc not in fields:  # an item of a list: name the list, show all of it
+                loc = loc[:-1]
+            name, source = origin(loc)
+            value = _lookup(data, loc[len(prefix) :])
+            value = error["input"] if value is _MISSING else value
+            expected = _describe(fields[loc]) if loc in fields else "a mapping of settings"
+            line = f"{name} must be {expected}, got {value!r}{source}"
+        if line not in lines:
+            lines.append(line)
+    if len(lines) == 1:
+        return lines[0]
+    return f"{len(lines)} settings are invalid:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _suggestion(parent: Loc, key: str | int, fields: Mapping[Loc, FieldInfo]) -> str:
+    """'did you mean <the closest valid key>?', or the valid keys when none is close."""
+    siblings = [str(loc[-1]) for loc in fields if loc[:-1] == parent]
+    close = difflib.get_close_matches(str(key), siblings, n=1)
+    if close:
+        return f"did you mean {_path((*parent, close[0]))}?"
+    # The right key in the wrong section: `index_dir` at the top level is embedding.index_dir.
+    elsewhere = {str(loc[-1]): loc for loc in fields}
+    close = difflib.get_close_matches(str(key), list(elsewhere), n=1, cutoff=0.8)
+    if close:
+        return f"did you mean {_path(elsewhere[close[0]])}?"
+    return f"the settings {'in ' + _path(parent) if parent else 'at the top level'} are {', '.join(siblings)}"
+
+
+def _describe(info: FieldInfo) -> str:
+    """What a setting must be, in words: 'a whole number, 1 or more', 'one of torch, onnx, onnx-int8'."""
+    for item in info.metadata:
+        if isinstance(item, _Expect):
+            return item.text
+    if get_origin(info.annotation) is Literal:
+        return f"one of {', '.join(str(choice) for choice in get_args(info.annotation))}"
+    if _section(info) is not None:
+        return "a mapping of settings"
+    bounds = {
+        name: getattr(item, name)
+        for item in info.metadata
+        for name in ("ge", "gt", "le")
+        if isinstance(item, annotated_types.BaseMetadata) and hasattr(item, name)
+    }
+    if info.annotation is bool:
+        return "true or false"
+    if info.annotation in (int, float):
+        noun = "a whole number" if info.annotation is int else "a number"
+        if "ge" in bounds and "le" in bounds:
+            return f"{noun} from {bounds['ge']} to {bounds['le']}"
+        if bounds.get("gt") == 0:
+            return f"a positive {noun.removeprefix('a ')}"
+        if "ge" in bounds:
+            return f"{noun}, {bounds['ge']} or more"
+        return noun
+    return "text"
+
+
+def _resolver(project_dir: Path) -> Callable[[str], Path]:
+    def resolve(path: str) -> Path:
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else project_dir / candidate
+
+    return resolve
+
+
+def _alerts_with_env(values: Any, env: Mapping[str, str]) -> Any:
+    """`vars.alerts` with RP_ALERTS_FILE and RP_ALERT_WEBHOOK_URL applied, as the model checks them."""
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{where} must be a mapping of settings, got {values!r}")
-    unknown = [str(key) for key in values if key not in known]
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting {', '.join(unknown)}; known settings are {', '.join(known)}")
+        return values
+    alerts = dict(values)
+    if env.get(ENV_ALERTS_FILE):
+        alerts["jsonl_path"] = env[ENV_ALERTS_FILE]
+    if env.get(ENV_ALERT_WEBHOOK_URL):
+        webhook = alerts.get("webhook") or {}
+        if isinstance(webhook, Mapping):
+            alerts["webhook"] = {**webhook, "url": env[ENV_ALERT_WEBHOOK_URL]}
+    return alerts
 
 
-def _number(values: Mapping[str, Any], key: str, default: float, *, positive: bool = False, whole: bool = False):
-    """A number from `vars.alerts.webhook`, checked by hand: YAML gives numbers, and a typo must not pass."""
-    value = values.get(key, default)
-    if whole:
-        fits, wanted = isinstance(value, int) and value >= 0, "a whole number, 0 or more"
-    else:
-        fits = isinstance(value, int | float) and math.isfinite(value) and (value > 0 if positive else value >= 0)
-        wanted = "a positive number" if positive else "a number, 0 or more"
-    if isinstance(value, bool) or not fits:
-        raise ConfigError(f"vars.alerts.webhook.{key} must be {wanted}, got {value!r}")
-    return value
-
-
-def _headers(values: Any, env: Mapping[str, str]) -> dict[str, str]:
-    """Webhook headers, with ${NAME} read from the environment so a token stays out of the repository."""
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"vars.alerts.webhook.headers must be a mapping of header names to values, got {values!r}")
-    headers = {}
-    for name, value in values.items():
-        where = f"vars.alerts.webhook.headers.{name}"
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(f"{where} must be a text value, got {value!r}")
-        missing = [ref for ref in re.findall(r"\$\{(\w+)\}", str(value)) if ref not in env]
-        if missing:
-            raise ConfigError(f"{where} uses ${{{missing[0]}}}, which is not set in the environment")
-        text = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], str(value))
-        if "\n" in text or "\r" in text:
-            raise ConfigError(f"{where} must be one line")
-        headers[str(name)] = text
-    return headers
+def _with_empty_sections(data: Any, model: type[BaseModel]) -> Any:
+    """A copy of `data` in which a section left empty in YAML (`webhook:` with nothing under it) or absent
+    is an empty mapping, so the model checks it (and resolves its paths) like any other."""
+    if not isinstance(data, Mapping):
+        return data
+    data = dict(data)
+    for name, info in model.model_fields.items():
+        section = _section(info)
+        if section is not None:
+            data[name] = _with_empty_sections({} if data.get(name) is None else data[name], section)
+        elif (
+            name in data
+            and data[name] is None
+            and isinstance(info.get_default(call_default_factory=True), tuple | dict)
+        ):
+            del data[name]  # `gates:` or `headers:` with nothing under it: none
+    return data
 
 
 def _vars_override(text: str | None) -> Mapping[str, Any]:
@@ -319,14 +678,7 @@ def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in {"true", "1", "yes"}:
-        return True
-    if str(value).lower() in {"false", "0", "no"}:
-        return False
-    raise ValueError(f"{value!r} is not a boolean")
+# --- the settings the jobs get ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -346,11 +698,12 @@ class Settings:
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
-    vars: Mapping[str, Any] = field(default_factory=dict)
+    vars: Mapping[str, Any] = field(default_factory=dict)  # as merged from dbt_project.yml and RP_VARS, unchecked
 
     @classmethod
     def load(cls, project_dir: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-        """Read dbt_project.yml vars, then apply environment overrides."""
+        """dbt_project.yml vars, RP_VARS merged over them, checked against `ProjectVars`, then the
+        environment's path overrides. Raises ConfigError naming every unknown or invalid key."""
         project_dir = Path(project_dir or PROJECT_DIR).resolve()
         env = os.environ if env is None else env
         project_file = project_dir / "dbt_project.yml"
@@ -360,50 +713,38 @@ class Settings:
             raise ConfigError(f"{project_file} not found: run the jobs from the repository root") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{project_file} is not valid YAML: {exc}") from None
-        project_vars = _merged(project.get("vars") or {}, _vars_override(env.get(ENV_VARS)))
+        project_vars = project.get("vars") or {}
+        if not isinstance(project_vars, Mapping):
+            raise ConfigError(f"vars in {project_file} must be a mapping of settings, got {project_vars!r}")
+        override = _vars_override(env.get(ENV_VARS))
+        merged = _merged(project_vars, override)
 
-        def resolve(path: str) -> Path:
-            candidate = Path(path).expanduser()
-            return candidate if candidate.is_absolute() else project_dir / candidate
+        resolve = _resolver(project_dir)
+        data = _with_empty_sections(copy.deepcopy(merged), ProjectVars)
+        data["alerts"] = _alerts_with_env(data["alerts"], env)
+        origin = _Origin(env=env, project=project_vars, override=override)
+        checked = _validate(ProjectVars, data, (), origin.of, {"resolve": resolve, "env": env})
 
-        landing = env.get(ENV_LANDING_DIR) or project_vars.get("landing_dir", "data/raw")
-        warehouse = env.get(ENV_DUCKDB_PATH) or DEFAULT_DUCKDB_PATH
-        embedding_vars = project_vars.get("embedding") or {}
-        index_dir = env.get(ENV_INDEX_DIR) or embedding_vars.get("index_dir", "data/index")
         # dbt writes run_results.json here; the embedding job's quality gate reads it.
-        target_dir = env.get(ENV_DBT_TARGET_PATH) or project.get("target-path", "target")
-        ingest_vars = project_vars.get("ingest") or {}
-        try:
-            ingest = IngestSettings(
-                max_document_bytes=int(ingest_vars.get("max_document_bytes", IngestSettings.max_document_bytes)),
-                encoding=str(ingest_vars.get("encoding", IngestSettings.encoding)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"vars.ingest in {project_file} is invalid: {exc}") from None
+        target_dir = env.get(ENV_DBT_TARGET_PATH) or str(project.get("target-path", "target"))
         return cls(
             project_dir=project_dir,
-            landing_dir=resolve(str(landing)),
-            warehouse_path=resolve(str(warehouse)),
-            index_dir=resolve(str(index_dir)),
-            dbt_target_dir=resolve(str(target_dir)),
+            landing_dir=resolve(env.get(ENV_LANDING_DIR) or checked.landing_dir),
+            warehouse_path=resolve(env.get(ENV_DUCKDB_PATH) or DEFAULT_DUCKDB_PATH),
+            index_dir=resolve(env.get(ENV_INDEX_DIR) or checked.embedding.index_dir),
+            dbt_target_dir=resolve(target_dir),
             # Beside the target dir (the project's logs/ by default), so each workspace has its own.
-            dbt_log_dir=resolve(env.get("DBT_LOG_PATH") or str(Path(str(target_dir)).parent / "logs")),
+            dbt_log_dir=resolve(env.get(ENV_DBT_LOG_PATH) or str(Path(target_dir).parent / "logs")),
             vars_override=env.get(ENV_VARS) or None,
-            report_path=resolve(
-                str(
-                    env.get(ENV_REPORT_PATH)
-                    or (project_vars.get("ops") or {}).get("report_path")
-                    or DEFAULT_REPORT_PATH
-                )
-            ),
-            raw_schema=str(project_vars.get("raw_schema", "raw")),
-            ops_schema=str(project_vars.get("ops_schema", "ops")),
-            ingest=ingest,
-            retrieval=RetrievalSettings.from_vars(project_vars.get("retrieval") or {}),
-            embedding=EmbeddingSettings.from_vars(embedding_vars),
-            eval=EvalSettings.from_vars(project_vars.get("eval") or {}),
-            alerts=AlertSettings.from_vars(project_vars.get("alerts") or {}, resolve, env),
-            vars=project_vars,
+            report_path=resolve(env.get(ENV_REPORT_PATH) or checked.ops.report_path),
+            raw_schema=checked.raw_schema,
+            ops_schema=checked.ops_schema,
+            ingest=checked.ingest,
+            retrieval=checked.retrieval,
+            embedding=checked.embedding,
+            eval=checked.eval,
+            alerts=checked.alerts,
+            vars=merged,
         )
 
     def dbt_vars(self) -> str | None:
@@ -422,3 +763,52 @@ class Settings:
             ENV_INDEX_DIR: str(self.index_dir),
             "DBT_PROFILES_DIR": os.environ.get("DBT_PROFILES_DIR", str(self.project_dir)),
         }
+
+
+# --- the reference page -----------------------------------------------------------------------
+
+
+def configuration_reference(page: Path = REFERENCE_PAGE) -> str:
+    """docs/configuration.md as it should read: its hand-written introduction (kept from `page`, above
+    REFERENCE_MARKER), then every setting of `ProjectVars` with its key path, type, default and description.
+    Write it with `page.write_text(configuration_reference(page))`."""
+    text = page.read_text(encoding="utf-8") if page.is_file() else "# Configuration\n"
+    intro, marker, _ = text.partition(REFERENCE_MARKER)
+    lines = [(intro if marker else text.rstrip() + "\n\n").rstrip() + "\n", REFERENCE_MARKER, ""]
+    fields = list(_settings_fields())
+    top = [(loc, info) for loc, info in fields if len(loc) == 1 and _section(info) is None]
+    lines += ["## Top-level settings", "", *_table(top)]
+    for loc, info in fields:
+        if len(loc) == 1 and _section(info) is not None:
+            below = [(key, f) for key, f in fields if key[: len(loc)] == loc and len(key) > 1 and _section(f) is None]
+            lines += [f"## {loc[0]}", "", _cell(str(info.description)), "", *_table(below)]
+    return "\n".join(lines)
+
+
+def _table(rows: list[tuple[Loc, FieldInfo]]) -> list[str]:
+    lines = ["| Key | Type | Default | Description |", "|---|---|---|---|"]
+    for loc, info in rows:
+        kind = _cell(_describe(info).removeprefix("a ").removeprefix("an "))
+        default = _yaml(info.get_default(call_default_factory=True))
+        lines.append(f"| `{_path(loc)}` | {kind} | `{default}` | {_cell(str(info.description))} |")
+    return [*lines, ""]
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: outside `code`, <mode> would read as an HTML tag."""
+    parts = text.replace("|", "\\|").split("`")
+    parts[::2] = [part.replace("<", "&lt;").replace(">", "&gt;") for part in parts[::2]]
+    return "`".join(parts)
+
+
+def _yaml(value: Any) -> str:
+    """A default as it would be written in dbt_project.yml."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value or '""'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_yaml(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{key}: {_yaml(item)}" for key, item in value.items()) + "}"
+    return str(value)

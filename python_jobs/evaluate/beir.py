@@ -44,7 +44,8 @@ from python_jobs.common.errors import PipelineError
 from python_jobs.common.output import Summary, progress_bar
 from python_jobs.common.settings import ENV_VARS, PROJECT_DIR, EvalSettings, Settings, workspace_env
 from python_jobs.evaluate import datasets as eval_set
-from python_jobs.evaluate.run import EvalOptions, EvalSummary, run_eval, summary_json
+from python_jobs.evaluate.run import EvalOptions, run_eval
+from python_jobs.evaluate.summary import EvalSummary, summary_json
 from python_jobs.search.filters import Filters
 
 # The columns of published BEIR / MTEB tables, in their order.
