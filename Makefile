@@ -124,8 +124,8 @@ bench-embed: $(STAMP) ## Embedding: model path (real model) and index mechanics 
 bench-report: $(STAMP) ## make report (ops marts refresh + dashboard) at SCALE documents, stand-in index
 	$(BIN)/python bench/bench_report.py --scale $(SCALE) $(ARGS)
 
-test: $(STAMP) ## Run the full test suite
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: $(STAMP) ## Run the full test suite on both cores (PYTEST_ARGS="-k embed" to narrow it)
+	$(BIN)/pytest -n 2 --dist loadscope $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff, sqlfluff (dbt SQL), import-linter (stage order) and the generated reference pages
 	$(BIN)/ruff check python_jobs bench tests

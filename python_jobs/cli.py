@@ -369,7 +369,10 @@ def reference(check: bool) -> None:
     """
     stale = write_reference(check=check)
     for page in stale:
-        click.echo(f"{page} is out of date: run `rp reference` (make docs-reference) and commit it", err=True)
+        if check:
+            click.echo(f"{page} is out of date: run `make docs-reference` and commit it", err=True)
+        else:
+            click.echo(f"wrote {page}")
     sys.exit(1 if check and stale else 0)
 
 
@@ -390,14 +393,15 @@ def cli_reference() -> str:
         "them. Each prints a summary, or one JSON document with `--json`. Exit codes: see the README.",
         "",
     ]
-    context = click.Context(cli, info_name="rp")
+    # A fixed width: the page must not depend on the terminal it was generated in.
+    context = click.Context(cli, info_name="rp", terminal_width=100, max_content_width=100)
     lines += ["```", cli.get_help(context), "```", ""]
     for name in cli.list_commands(context):
         command = cli.get_command(context, name)
         if command is None or command.hidden:
             continue
-        sub = click.Context(command, info_name=name, parent=context)
-        lines += [f"## rp {name}", "", "```", command.get_help(sub).replace("Usage: rp ", "Usage: rp "), "```", ""]
+        sub = click.Context(command, info_name=name, parent=context, terminal_width=100, max_content_width=100)
+        lines += [f"## rp {name}", "", "```", command.get_help(sub), "```", ""]
     return "\n".join(lines)
 
 

@@ -29,13 +29,13 @@ def test_rp_help_lists_every_command():
     assert result.exit_code == 0
     commands = result.output.split("Commands:")[1]
     listed = set(re.findall(r"^  ([a-z-]+) ", commands, re.M))
-    assert COMMANDS <= listed
+    assert listed >= COMMANDS
     assert set(visible_commands()) == listed
 
 
 def test_every_command_help_ends_with_an_example():
     for name, command in visible_commands().items():
-        assert command.help and re.search(r"Example: rp " + re.escape(name) + r"\b", command.help), name
+        assert command.help and re.search(r"Example: .*\brp " + re.escape(name) + r"\b", command.help), name
         assert command.help.strip().splitlines()[-1].strip().startswith("Example:"), name
 
 
@@ -64,7 +64,7 @@ def test_make_passes_the_question_through_the_environment_never_the_shell(tmp_pa
     """`make query Q='"; echo PWNED; #'` must not run the shell command inside Q."""
     marker = tmp_path / "pwned"
     result = subprocess.run(
-        ["make", "-n", "query", f"Q=\"; touch {marker}; #"],
+        ["make", "-n", "query", f'Q="; touch {marker}; #'],
         cwd=PROJECT_DIR,
         capture_output=True,
         text=True,

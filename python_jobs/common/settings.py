@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 import annotated_types
 import yaml
@@ -121,7 +121,10 @@ class IngestSettings(BaseModel):
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str) -> str:
-        codecs.lookup(value)  # LookupError is a ValueError: reported as this setting
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError("unknown encoding") from None
         return value
 
 
@@ -174,7 +177,9 @@ class EmbeddingSettings(BaseModel):
         "data/index", min_length=1, description="LanceDB directory. Env override: `RP_INDEX_DIR`."
     )
     backend: Backend = Field(
-        "torch", description="ONNX Runtime is faster; part of the model fingerprint: switching builds a new index."
+        "torch",
+        description="torch (sentence-transformers), or onnx / onnx-int8 (ONNX Runtime, faster); part of the model "
+        "fingerprint: switching builds a new index.",
     )
     batch_size: Whole = Field(32, ge=1, description="Texts per model call.")
     commit_rows: Whole = Field(512, ge=1, description="Rows per index commit: the most work a killed run redoes.")
@@ -323,7 +328,7 @@ class WebhookSettings(BaseModel):
         if not isinstance(url, str):
             raise ValueError("not a URL")
         url = url.strip()
-        if url and _http_url_parts(url) is None:
+        if url and not _is_http_url(url):
             raise ValueError("not an http(s) URL with a host name and a valid port")
         return url
 
@@ -353,16 +358,14 @@ class WebhookSettings(BaseModel):
         return headers if info.data.get("url") else {}
 
 
-def _http_url_parts(url: str) -> SplitResult | None:
-    """`urlsplit(url)` if it is an http or https URL with a host name and a port in 1-65535, else None."""
+def _is_http_url(url: str) -> bool:
+    """An http or https URL with a host name, and a port in 1-65535 if it names one."""
     parts = urlsplit(url)
     try:
         port = parts.port  # ValueError when out of range or not a number
     except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
-        return None
-    return parts
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
 
 
 class AlertSettings(BaseModel):
@@ -573,12 +576,14 @@ def _problems(exc: ValidationError, data: Any, prefix: Loc, origin: Callable[[Lo
 
 def _suggestion(parent: Loc, key: str | int, fields: Mapping[Loc, FieldInfo]) -> str:
     """'did you mean <the closest valid key>?', or the valid keys when none is close."""
+    # The right key in the wrong section first: `index_dir` at the top level is embedding.index_dir.
+    elsewhere = {str(loc[-1]): loc for loc in fields}
+    if str(key) in elsewhere:
+        return f"did you mean {_path(elsewhere[str(key)])}?"
     siblings = [str(loc[-1]) for loc in fields if loc[:-1] == parent]
     close = difflib.get_close_matches(str(key), siblings, n=1)
     if close:
         return f"did you mean {_path((*parent, close[0]))}?"
-    # The right key in the wrong section: `index_dir` at the top level is embedding.index_dir.
-    elsewhere = {str(loc[-1]): loc for loc in fields}
     close = difflib.get_close_matches(str(key), list(elsewhere), n=1, cutoff=0.8)
     if close:
         return f"did you mean {_path(elsewhere[close[0]])}?"
@@ -683,6 +688,9 @@ def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, A
 
 @dataclass(frozen=True)
 class Settings:
+    """What every job gets: the checked sections of vars, and the paths resolved against the project
+    directory and the environment."""
+
     project_dir: Path
     landing_dir: Path
     warehouse_path: Path
@@ -777,11 +785,11 @@ def configuration_reference(page: Path = REFERENCE_PAGE) -> str:
     lines = [(intro if marker else text.rstrip() + "\n\n").rstrip() + "\n", REFERENCE_MARKER, ""]
     fields = list(_settings_fields())
     top = [(loc, info) for loc, info in fields if len(loc) == 1 and _section(info) is None]
-    lines += ["## Top-level settings", "", *_table(top)]
+    lines += ["### Top level", "", *_table(top)]
     for loc, info in fields:
         if len(loc) == 1 and _section(info) is not None:
             below = [(key, f) for key, f in fields if key[: len(loc)] == loc and len(key) > 1 and _section(f) is None]
-            lines += [f"## {loc[0]}", "", _cell(str(info.description)), "", *_table(below)]
+            lines += [f"### {loc[0]}", "", _cell(str(info.description)), "", *_table(below)]
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -234,7 +234,9 @@ class Retriever:
             model = self.pointer.model
             # The configured settings where they match the index, so a process that embeds and then
             # searches loads the model once.
-            settings = replace(self.settings.embedding, backend=model["backend"], normalize=model["normalized"])
+            settings = self.settings.embedding.model_copy(
+                update={"backend": model["backend"], "normalize": model["normalized"]}
+            )
             embedder = load_embedder(model["name"], settings, self.settings.index_dir / MODEL_CACHE_DIR)
             if embedder.fingerprint.id != model["id"]:
                 raise PipelineError(

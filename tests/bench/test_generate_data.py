@@ -8,9 +8,8 @@ import re
 import subprocess
 import sys
 
-from conftest import Workspace
-
 from python_jobs.common.settings import PROJECT_DIR
+from tests.worlds import Workspace
 
 SMALL = ("--docs", "40", "--customers", "60", "--products", "120", "--transactions", "600")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
-from conftest import SAMPLE_LANDING, Workspace
-from dbt_results import results_by_status
+from tests.dbt_artifacts import results_by_status
+from tests.worlds import SAMPLE_LANDING, Workspace
 
 CHUNK_COLUMNS = "chunk_id, doc_id, chunk_index, heading_path, text, embedding_text, token_count, content_hash"
 DEFAULT_RETRIEVAL_VARS = {

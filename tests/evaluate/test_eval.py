@@ -10,12 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_DIR, SECRET_DOC_ID, SECRET_QUERY, Workspace
 
 from python_jobs.evaluate import datasets as eval_set
 from python_jobs.evaluate.metrics import METRICS, evaluate
 from python_jobs.evaluate.run import EVAL_TAG, run_eval
 from python_jobs.index.store import VectorIndex
+from tests.worlds import PROJECT_DIR, SECRET_DOC_ID, SECRET_QUERY, Workspace
 
 NO_GATES = "{eval: {gates: []}}"  # the project's gates are for the sample corpus, not these worlds
 BEIR_FIXTURE = PROJECT_DIR / "tests" / "fixtures" / "beir-tiny"

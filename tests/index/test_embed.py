@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+
+from python_jobs.index.embed import BudgetExceededError, EmbedOptions, embed
+from python_jobs.index.store import VectorIndex
+from tests.worlds import (
     EDITED_SECTION,
     SMALL_COMMITS,
     TO_ADD,
@@ -21,9 +24,6 @@ from conftest import (
     Workspace,
     warehouse_locked_by_another_process,
 )
-
-from python_jobs.index.embed import BudgetExceededError, EmbedOptions, embed
-from python_jobs.index.store import VectorIndex
 
 KETTLE_ID = "faq-brightwater-variable-temp-kettle"
 

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import Workspace
-from dbt_results import names_starting_with, results_by_status
+
+from tests.dbt_artifacts import names_starting_with, results_by_status
+from tests.worlds import Workspace
 
 
 def append_csv_row(path, row: dict) -> None:

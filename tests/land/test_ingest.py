@@ -9,11 +9,11 @@ import sys
 
 import duckdb
 import pytest
-from conftest import warehouse_locked_by_another_process
 
 from python_jobs.common.errors import LandingFileError
 from python_jobs.common.settings import PROJECT_DIR
 from python_jobs.land.ingest import ingest
+from tests.worlds import warehouse_locked_by_another_process
 
 RAW_TABLES = ("shop_customers", "shop_products", "shop_transactions", "docs_documents")
 

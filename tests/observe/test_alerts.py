@@ -244,20 +244,23 @@ def test_alert_settings_come_from_the_dbt_project_and_the_environment(tmp_path):
 @pytest.mark.parametrize(
     ("webhook", "message"),
     [
-        ({"timeout_seconds": -1}, r"vars\.alerts\.webhook\.timeout_seconds must be a positive number, got -1$"),
-        ({"timeout_seconds": 0}, r"vars\.alerts\.webhook\.timeout_seconds must be a positive number, got 0$"),
-        ({"timeout_seconds": "soon"}, r"vars\.alerts\.webhook\.timeout_seconds must be a positive number, got 'soon'"),
-        ({"retries": -1}, r"vars\.alerts\.webhook\.retries must be a whole number, 0 or more, got -1$"),
-        ({"retries": 1.5}, r"vars\.alerts\.webhook\.retries must be a whole number, 0 or more, got 1\.5"),
-        ({"retries": True}, r"vars\.alerts\.webhook\.retries must be a whole number, 0 or more, got True"),
-        ({"backoff_seconds": -0.5}, r"vars\.alerts\.webhook\.backoff_seconds must be a number, 0 or more, got -0\.5"),
-        ({"url": "ftp://hooks.example/x"}, r"vars\.alerts\.webhook\.url must be an http:// or https:// URL"),
-        ({"url": "hooks.example/x"}, r"vars\.alerts\.webhook\.url must be an http:// or https:// URL"),
-        ({"timout_seconds": 5}, r"vars\.alerts\.webhook: unknown setting timout_seconds; known settings are url,"),
-        ({"url": "https://h.example", "headers": ["x"]}, r"vars\.alerts\.webhook\.headers must be a mapping"),
+        ({"timeout_seconds": -1}, r"alerts\.webhook\.timeout_seconds must be a positive number, got -1$"),
+        ({"timeout_seconds": 0}, r"alerts\.webhook\.timeout_seconds must be a positive number, got 0$"),
+        ({"timeout_seconds": "soon"}, r"alerts\.webhook\.timeout_seconds must be a positive number, got 'soon'"),
+        ({"retries": -1}, r"alerts\.webhook\.retries must be a whole number, 0 or more, got -1$"),
+        ({"retries": 1.5}, r"alerts\.webhook\.retries must be a whole number, 0 or more, got 1\.5"),
+        ({"retries": True}, r"alerts\.webhook\.retries must be a whole number, 0 or more, got True"),
+        ({"backoff_seconds": -0.5}, r"alerts\.webhook\.backoff_seconds must be a number, 0 or more, got -0\.5"),
+        ({"url": "ftp://hooks.example/x"}, r"alerts\.webhook\.url must be an http:// or https:// URL"),
+        ({"url": "hooks.example/x"}, r"alerts\.webhook\.url must be an http:// or https:// URL"),
+        (
+            {"timout_seconds": 5},
+            r"alerts\.webhook\.timout_seconds: unknown setting; did you mean alerts\.webhook\.timeout_seconds\?",
+        ),
+        ({"url": "https://h.example", "headers": ["x"]}, r"alerts\.webhook\.headers must be a mapping"),
         (
             {"url": "https://h.example", "headers": {"Authorization": "Bearer ${NO_SUCH_TOKEN}"}},
-            r"vars\.alerts\.webhook\.headers\.Authorization uses \$\{NO_SUCH_TOKEN\}, which is not set",
+            r"alerts\.webhook\.headers\.Authorization uses \$\{NO_SUCH_TOKEN\}, which is not set",
         ),
     ],
 )
@@ -267,9 +270,9 @@ def test_invalid_webhook_settings_name_the_setting(webhook, message):
 
 
 def test_invalid_alert_settings_in_the_project_name_the_setting():
-    with pytest.raises(ConfigError, match=r"vars\.alerts: unknown setting jsonl; known settings are jsonl_path"):
+    with pytest.raises(ConfigError, match=r"alerts\.jsonl: unknown setting; did you mean alerts\.jsonl_path\?"):
         Settings.load(env={"RP_VARS": "{alerts: {jsonl: x.jsonl}}"})
-    with pytest.raises(ConfigError, match=r"vars\.alerts\.webhook\.retries must be a whole number, 0 or more, got -1"):
+    with pytest.raises(ConfigError, match=r"alerts\.webhook\.retries must be a whole number, 0 or more, got -1"):
         Settings.load(env={"RP_VARS": "{alerts: {webhook: {retries: -1}}}"})
     with pytest.raises(ConfigError, match=r"RP_ALERT_WEBHOOK_URL must be an http:// or https:// URL"):
         Settings.load(env={"RP_ALERT_WEBHOOK_URL": "hooks.example/x"})

@@ -19,14 +19,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT_DIR, Workspace
 
+from python_jobs.evaluate import ledger as eval_ledger
 from python_jobs.evaluate import run as evaluation
 from python_jobs.index import runs
 from python_jobs.index import snapshot as index_snapshot
 from python_jobs.index.store import VectorIndex
 from python_jobs.observe.alerts import read_alerts
 from python_jobs.transform import results as dbt_results
+from tests.conftest import shared_world
+from tests.worlds import PROJECT_DIR, Workspace
 
 # fts only: the pipeline's eval needs no model load; the small world answers few seeded
 # questions, so the release gates are replaced by one the tests choose.
@@ -44,12 +46,17 @@ def steps(summary: dict) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def ops_world(indexed_world: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+def ops_world(indexed_world: Workspace, shared_dir: Path) -> Workspace:
     """The indexed world after one green `make pipeline`; copy it before breaking anything."""
-    ws = indexed_world.copy(tmp_path_factory.mktemp("ops") / "ws")
-    code, summary, stderr = pipeline(ws)
-    assert code == 0, stderr
-    ws.summary = summary  # type: ignore[attr-defined]
+
+    def build(ws: Workspace) -> None:
+        indexed_world.copy(ws.root)
+        code, summary, stderr = pipeline(ws)
+        assert code == 0, stderr
+        (ws.root / "pipeline-summary.json").write_text(json.dumps(summary), encoding="utf-8")
+
+    ws = shared_world(shared_dir, "ops", build)
+    ws.summary = json.loads((ws.root / "pipeline-summary.json").read_text(encoding="utf-8"))  # type: ignore[attr-defined]
     return ws
 
 
@@ -157,8 +164,10 @@ def test_ops_source_columns_match_what_the_jobs_write():
     }
     written = {
         "embed_runs": runs.EMBED_RUNS,
-        "eval_runs": evaluation.EVAL_RUNS,
-        "eval_metrics": evaluation.EVAL_METRICS,
+        "eval_runs": eval_ledger.EVAL_RUNS,
+        "eval_metrics": eval_ledger.EVAL_METRICS,
+        "eval_question_metrics": eval_ledger.EVAL_QUESTION_METRICS,
+        "eval_question_results": eval_ledger.EVAL_QUESTION_RESULTS,
         "dbt_invocations": dbt_results.INVOCATIONS,
         "dbt_node_results": dbt_results.NODE_RESULTS,
         "dbt_source_freshness": dbt_results.SOURCE_FRESHNESS,

@@ -6,10 +6,10 @@ import json
 import sys
 
 import pytest
-from conftest import KETTLE_SKU, SECRET_DOC_ID, SECRET_QUERY, Workspace
 
 from python_jobs.search.filters import ACCESS_LEVELS, FilterError, Filters, access_levels_up_to
 from python_jobs.search.retriever import RRF_K, Retriever
+from tests.worlds import KETTLE_SKU, SECRET_DOC_ID, SECRET_QUERY, Workspace
 
 MODES = ("vector", "fts", "hybrid")
 KETTLE = "faq-brightwater-variable-temp-kettle"

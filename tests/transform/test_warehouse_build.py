@@ -6,8 +6,8 @@ import json
 import re
 import sys
 
-from conftest import SAMPLE_LANDING, Workspace, warehouse_locked_by_another_process
-from dbt_results import results_by_status
+from tests.dbt_artifacts import results_by_status
+from tests.worlds import SAMPLE_LANDING, Workspace, warehouse_locked_by_another_process
 
 
 def test_sample_data_builds_green_and_is_fresh_after_ingest(tmp_path):
