@@ -125,7 +125,7 @@ bench-report: $(STAMP) ## make report (ops marts refresh + dashboard) at SCALE d
 	$(BIN)/python bench/bench_report.py --scale $(SCALE) $(ARGS)
 
 test: $(STAMP) ## Run the full test suite on both cores (PYTEST_ARGS="-k embed" to narrow it)
-	$(BIN)/pytest -n 2 --dist loadscope $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff, sqlfluff (dbt SQL), import-linter (stage order) and the generated reference pages
 	$(BIN)/ruff check python_jobs bench tests

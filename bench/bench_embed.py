@@ -265,7 +265,8 @@ def apply_command() -> None:
 @main.command("ann")
 def ann_command() -> None:
     """Build the ANN index on the published table, as a run does once the table reaches ann_min_rows."""
-    from python_jobs.index.store import VectorIndex, build_ann_index
+    from python_jobs.index.store import VectorIndex
+    from python_jobs.index.upkeep import build_ann_index
 
     table = VectorIndex(Settings.load().index_dir).open_live()
     table.checkout_latest()

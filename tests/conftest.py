@@ -148,19 +148,22 @@ def search_world(built_world: Workspace, shared_dir: Path) -> Workspace:
     return shared_world(shared_dir, "search", build)
 
 
-# Modules by how long they take (seconds, measured serially on this 2-core machine), so that with
-# `--dist loadscope` the longest start first and the short ones fill in at the end. The first module
-# builds the built and indexed worlds; the second needs no world (it starts while they are built).
+# Modules by how long they take (seconds, measured serially on this 2-core machine), longest first, so
+# that with `--dist loadscope --no-loadscope-reorder` (make test) the long ones start first and the short
+# ones fill in at the end. Worker 1 starts with the pipeline module, which builds the built, indexed and
+# ops worlds; worker 2 starts with a module that needs no world, then builds the search world.
 MODULE_ORDER = (
     "observe/test_observability.py",  # ~200 s: the pipeline, green and broken
     "evaluate/test_metrics.py",  # ~30 s, no world: ranx compiles its metrics once
     "index/test_embed.py",  # ~180 s
+    "evaluate/test_eval.py",  # ~85 s, the search world
     "land/test_bad_input.py",  # ~150 s
-    "evaluate/test_eval.py",  # ~85 s
     "chunk/test_retrieval_dataset.py",  # ~70 s
     "transform/test_warehouse_build.py",  # ~45 s
     "bench/test_generate_data.py",  # ~40 s
     "chunk/test_chunker.py",  # ~40 s
+    "search/test_retriever.py",  # ~20 s
+    "index/test_verify.py",  # ~15 s
 )
 
 

@@ -64,17 +64,14 @@ from python_jobs.index.store import (
     INDEX_PREFIX,
     MODEL_CACHE_DIR,
     VectorIndex,
-    build_ann_index,
     cache_schema,
     cache_table_name,
-    cache_upkeep,
     index_schema,
     index_table_name,
-    needs_ann_index,
     read_columns,
-    upkeep,
     vector_type,
 )
+from python_jobs.index.upkeep import build_ann_index, cache_upkeep, needs_ann_index, upkeep
 
 STAGING_DIR = "_staging"
 DELETE_BATCH = 1000

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
+import yaml
+
 from tests.dbt_artifacts import results_by_status
-from tests.worlds import SAMPLE_LANDING, Workspace
+from tests.worlds import PROJECT_DIR, SAMPLE_LANDING, Workspace
 
 CHUNK_COLUMNS = "chunk_id, doc_id, chunk_index, heading_path, text, embedding_text, token_count, content_hash"
 DEFAULT_RETRIEVAL_VARS = {
@@ -168,3 +170,23 @@ def test_an_impossible_chunk_size_fails_the_build_naming_the_setting_and_keeps_t
         build.stdout
     )
     assert chunks(world) == before
+
+
+PYTHON_MODELS = {
+    "int_documents_normalized": "models/intermediate/_intermediate__models.yml",
+    "chunking_settings": "models/marts/retrieval/_retrieval__models.yml",
+    "document_chunks": "models/marts/retrieval/_retrieval__models.yml",
+}
+
+
+def test_the_python_models_yaml_declares_the_types_they_build(built_world):
+    """dbt enforces no contract on Python models: the declared data_type is held to what they really build."""
+    for model, path in PYTHON_MODELS.items():
+        models = yaml.safe_load((PROJECT_DIR / path).read_text(encoding="utf-8"))["models"]
+        (entry,) = [m for m in models if m["name"] == model]
+        declared = {column["name"]: column.get("data_type") for column in entry["columns"]}
+        built = built_world.query(
+            "select column_name, lower(data_type) from information_schema.columns "
+            f"where table_name = '{model}' order by ordinal_position"
+        )
+        assert declared == dict(built), model

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_embed import assert_same_index, live_rows
 
 from python_jobs.index import gate as quality_gate
 from python_jobs.index.encoders import ModelFingerprint
@@ -22,6 +21,7 @@ from python_jobs.index.store import (
     pin,
     upkeep,
 )
+from tests.index.test_embed import assert_same_index, live_rows
 
 
 def republish_latest(ws) -> None:

@@ -7,10 +7,13 @@ Commands are read from the pages' code blocks and inline code:
 - `rp CMD --opt`: CMD is a command of the click group python_jobs.cli:cli and --opt one of its
   options (or, for the commands that hand their arguments to dbt, one of dbt's);
 - other lines of a shell block: the program is on PATH.
-Options are read from the click objects themselves; no process is spawned. Quoted
-`python_jobs/...` paths must exist, `python_jobs.x.y` names and `from python_jobs.x import y`
-lines must import. The SQL of the runbook's `make sql` diagnoses runs against a real warehouse
-in tests/test_observability.py (`sql_diagnoses`).
+A table headed "Option of `make X ARGS=...`" lists only options of X. Options are read from
+the click objects themselves; no process is spawned. Quoted `python_jobs/...` paths must exist,
+`python_jobs.x.y` names and `from python_jobs.x import y` lines must import, and links between
+pages must reach a page and a heading. The README's exit codes are the ones in
+python_jobs/common/errors.py, and its project layout names real folders. The SQL of the
+runbook's `make sql` diagnoses runs against a real warehouse in
+tests/observe/test_observability.py (`sql_diagnoses`).
 """
 
 from __future__ import annotations
@@ -168,8 +171,7 @@ def _args_command(target: str) -> list[str]:
     for line in _makefile()[0][target].splitlines():
         for segment in re.split(r"&&|\|\||;", line):
             if "$(ARGS)" in segment:
-                words = shlex.split(_expand(segment.split("$(ARGS)")[0]))
-                return words
+                return shlex.split(_expand(segment.split("$(ARGS)")[0]))
     pytest.fail(f"make {target} does not pass ARGS to anything: {_makefile()[0][target]!r}")
 
 

@@ -1,0 +1,121 @@
+"""Index upkeep: full-text, scalar and ANN indexes, compaction and version cleanup.
+
+Run by the embedding job before it publishes (and the ANN index after, see `build_ann_index`);
+what it costs at scale is in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # lancedb takes ~2 s to import: a run with nothing to do never imports it
+    import lancedb
+
+# Filters and merges on these columns use an index instead of a scan.
+SCALAR_INDEXES = (("chunk_id", "BTree"), ("doc_id", "BTree"), ("access_level", "Bitmap"), ("doc_type", "Bitmap"))
+# Compaction, index merging and version cleanup (`optimize`) rewrite data: they run when enough
+# has piled up, not after every small run. Until then new rows are searched without an index.
+OPTIMIZE_MIN_UNINDEXED_ROWS = 10_000
+OPTIMIZE_MIN_UNINDEXED_SHARE = 0.05
+OPTIMIZE_MAX_SMALL_FRAGMENTS = 64  # versions are cleaned up then too (they are kept keep_versions_days anyway)
+
+
+@dataclass
+class UpkeepReport:
+    fts_index: str = "present"
+    ann_index: str = "none"
+    ann_seconds: float = 0.0
+    optimized: bool = False
+    scalar_indexes: list[str] = field(default_factory=list)
+    versions_removed: int = 0
+    tables_dropped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _optimize_due(table: lancedb.table.Table) -> bool:
+    rows = table.count_rows()
+    unindexed = max((table.index_stats(i.name).num_unindexed_rows for i in table.list_indices()), default=0)
+    small_fragments = table.stats()["fragment_stats"]["num_small_fragments"]
+    return (
+        unindexed > max(OPTIMIZE_MIN_UNINDEXED_ROWS, OPTIMIZE_MIN_UNINDEXED_SHARE * rows)
+        or small_fragments > OPTIMIZE_MAX_SMALL_FRAGMENTS
+    )
+
+
+def compact_and_clean_up(table: lancedb.table.Table, keep_days: float, report: UpkeepReport | None = None) -> int:
+    """Compact, fold new rows into the indexes, and remove versions older than `keep_days` but
+    never a pinned one: Lance refuses to remove a tagged version, so the cutoff stops at the
+    oldest tagged version."""
+    versions = table.list_versions()
+    now = datetime.now()  # Lance version timestamps are naive local time
+    pinned = {info["version"] for info in table.tags.list().values()}
+    keep = timedelta(days=keep_days)
+    oldest_pinned = min((v["timestamp"] for v in versions if v["version"] in pinned), default=None)
+    if oldest_pinned is not None:
+        keep = max(keep, now - oldest_pinned + timedelta(seconds=1))
+    table.optimize(cleanup_older_than=keep)
+    remaining = {v["version"] for v in table.list_versions()}
+    removed = len({v["version"] for v in versions} - remaining)
+    if report is not None:
+        report.versions_removed, report.optimized = removed, True
+    return removed
+
+
+def cache_upkeep(cache: lancedb.table.Table, keep_days: float) -> None:
+    """The vector cache is looked up by content hash; it has no pinned versions."""
+    import lancedb.index
+
+    if ("content_hash",) not in {tuple(index.columns) for index in cache.list_indices()}:
+        cache.create_index("content_hash", config=lancedb.index.BTree())
+    if _optimize_due(cache):
+        compact_and_clean_up(cache, keep_days)
+
+
+def needs_ann_index(table: lancedb.table.Table, ann_min_rows: int) -> bool:
+    """Whether the table is big enough for an ANN index and has none yet."""
+    has_one = any(tuple(index.columns) == ("vector",) for index in table.list_indices())
+    return not has_one and table.count_rows() >= max(ann_min_rows, 256)  # IVF training needs rows
+
+
+def build_ann_index(table: lancedb.table.Table) -> float:
+    """The ANN index, built after a publish: it speeds queries up but never holds fresh data back.
+
+    Building it is slow (here ~100 s per 125,000 vectors on 2 cores); until it exists, queries
+    search exactly. A run killed while building it leaves no index, and the next run builds it.
+    """
+    from lancedb.index import HnswSq
+
+    started = time.perf_counter()
+    table.create_index("vector", config=HnswSq(distance_type="cosine"))
+    return time.perf_counter() - started
+
+
+def upkeep(table: lancedb.table.Table, keep_days: float) -> UpkeepReport:
+    """Indexes, compaction and version cleanup, before a run publishes.
+
+    Full-text and scalar indexes always (the ANN index comes after the publish, see
+    `build_ann_index`). Rows written after an index was built are searched without it
+    (correct, a little slower) until `compact_and_clean_up` folds them in, which happens once
+    enough has piled up (`_optimize_due`): it rewrites data, so small runs stay small.
+    """
+    import lancedb.index
+
+    started = time.perf_counter()
+    report = UpkeepReport()
+    if _optimize_due(table):  # first: a first build's many small fragments are compacted before indexing
+        compact_and_clean_up(table, keep_days, report)
+    present = {tuple(index.columns): index.index_type for index in table.list_indices()}
+    if ("embedding_text",) not in present:
+        table.create_index("embedding_text", config=lancedb.index.FTS())
+        report.fts_index = "created"
+    for column, kind in SCALAR_INDEXES:
+        if (column,) not in present:
+            table.create_index(column, config=getattr(lancedb.index, kind)())
+            report.scalar_indexes.append(column)
+    if ("vector",) in present:
+        report.ann_index = "present"
+    report.seconds = time.perf_counter() - started
+    return report
