@@ -12,15 +12,8 @@ import pytest
 
 from python_jobs.index import gate as quality_gate
 from python_jobs.index.encoders import ModelFingerprint
-from python_jobs.index.store import (
-    VectorIndex,
-    build_ann_index,
-    compact_and_clean_up,
-    index_schema,
-    needs_ann_index,
-    pin,
-    upkeep,
-)
+from python_jobs.index.store import VectorIndex, index_schema, pin
+from python_jobs.index.upkeep import build_ann_index, compact_and_clean_up, needs_ann_index, upkeep
 from tests.index.test_embed import assert_same_index, live_rows
 
 
