@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.dbt_artifacts import names_starting_with, results_by_status
-from tests.worlds import Workspace
+from tests.worlds import SKIP_OPS, Workspace
 
 
 def append_csv_row(path, row: dict) -> None:
@@ -92,7 +92,7 @@ def broken_build(built_world: Workspace, tmp_path_factory: pytest.TempPathFactor
             published = published_marts(ws)
             break_landing(ws.landing)
             ws.ingest(check=True)
-            builds[break_landing] = (ws, ws.dbt("build"), published)
+            builds[break_landing] = (ws, ws.dbt("build", *SKIP_OPS), published)
         return builds[break_landing]
 
     return build
@@ -133,7 +133,7 @@ def test_quarantined_record_surfaces_as_a_warning_in_the_build(world):
     month.write_text(month.read_text(encoding="utf-8") + "T1,C1,too,few\n", encoding="utf-8")
     world.ingest(check=True)
 
-    build = world.dbt("build")
+    build = world.dbt("build", *SKIP_OPS)
 
     assert build.returncode == 0
     warned = results_by_status(world.root / "target").get("warn", set())
@@ -170,7 +170,7 @@ def test_large_row_count_drop_fails_the_row_count_change_test(world):
             writer.writerows({**r, "customer_id": kept_ids[i % len(kept_ids)]} for i, r in enumerate(month_rows))
     world.ingest(check=True)
 
-    build = world.dbt("build")
+    build = world.dbt("build", *SKIP_OPS)
 
     assert build.returncode == 1
     statuses = results_by_status(world.root / "target")
@@ -183,7 +183,7 @@ def test_a_flood_of_quarantined_records_fails_the_build(world):
     month.write_text(month.read_text(encoding="utf-8") + "T1,C1,too,few\n" * 3, encoding="utf-8")
     world.ingest(check=True)
 
-    build = world.dbt("build", "--vars", "{quarantine_error_threshold: 2}")
+    build = world.dbt("build", *SKIP_OPS, "--vars", "{quarantine_error_threshold: 2}")
 
     assert build.returncode == 1
     failed = results_by_status(world.root / "target").get("fail", set())
