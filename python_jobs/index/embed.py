@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from python_jobs.chunk.schema import INDEXED_CHUNK_COLUMNS
 from python_jobs.common.errors import ExitCode, PipelineError
 from python_jobs.common.failpoints import failpoint
 from python_jobs.common.ledger import mark_interrupted, record
@@ -60,7 +61,6 @@ from python_jobs.index.plan import (
 )
 from python_jobs.index.runs import EmbedSummary, ledger
 from python_jobs.index.store import (
-    CHUNK_COLUMNS,
     INDEX_PREFIX,
     MODEL_CACHE_DIR,
     VectorIndex,
@@ -424,7 +424,7 @@ def _staged_batches(path: Path, rows: int) -> Iterator[pa.Table]:
 
 def _index_columns(rows: pa.Table, run_id: str, now: datetime) -> pa.Table:
     """The chunk's own columns, cast to the index schema, plus when and by which run it was written."""
-    columns = {name: rows.column(name).cast(kind) for name, kind in CHUNK_COLUMNS.items()}
+    columns = {name: rows.column(name).cast(kind) for name, kind in INDEXED_CHUNK_COLUMNS.items()}
     columns["metadata_hash"] = rows.column("metadata_hash")
     columns["indexed_at"] = pa.array([now] * rows.num_rows, pa.timestamp("us", tz="UTC"))
     columns["run_id"] = pa.array([run_id] * rows.num_rows, pa.string())

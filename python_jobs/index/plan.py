@@ -24,17 +24,18 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from python_jobs.chunk.schema import INDEXED_CHUNK_COLUMNS
 from python_jobs.common.errors import PipelineError
 from python_jobs.common.sqltext import sql_string
 from python_jobs.index.encoders import ModelFingerprint
-from python_jobs.index.store import CHUNK_COLUMNS
 
 CHUNKS_RELATION = "knowledge.document_chunks"
 SETTINGS_RELATION = "knowledge.chunking_settings"
 CLASSES = ("new", "text_changed", "metadata_changed", "unchanged", "deleted")
 # A change in any of these rewrites the row and keeps the vector. `text` is not among them: it is
 # part of embedding_text, so a change to it changes content_hash (and hashing it is most of the cost).
-METADATA_COLUMNS = tuple(c for c in CHUNK_COLUMNS if c not in {"chunk_id", "content_hash", "embedding_text", "text"})
+NOT_METADATA = {"chunk_id", "content_hash", "embedding_text", "text"}
+METADATA_COLUMNS = tuple(c for c in INDEXED_CHUNK_COLUMNS if c not in NOT_METADATA)
 INDEX_KEY_COLUMNS = ["chunk_id", "content_hash", "metadata_hash", "model_fingerprint"]
 
 
@@ -233,7 +234,7 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, path: Path) -> Path:
     of it is padding.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = ", ".join(f"chunks.{c}" for c in CHUNK_COLUMNS)
+    columns = ", ".join(f"chunks.{c}" for c in INDEXED_CHUNK_COLUMNS)
     con.execute(
         f"""
         copy (

@@ -45,8 +45,6 @@ MODEL_CACHE_DIR = "_models"  # converted models (ONNX exports) of the backends t
 LIVE_TAG = "live"
 HISTORY_LENGTH = 10  # earlier live tables remembered in live.json
 
-# document_chunks' columns, copied onto every row of the index (declared in python_jobs/chunk/schema.py).
-CHUNK_COLUMNS = INDEXED_CHUNK_COLUMNS
 # Columns the embedding job adds: how the row was made.
 INDEX_COLUMNS: dict[str, pa.DataType] = {
     "metadata_hash": pa.string(),
@@ -71,7 +69,8 @@ def vector_type(dimension: int) -> pa.DataType:
 
 
 def index_schema(dimension: int) -> pa.Schema:
-    columns = {**CHUNK_COLUMNS, **INDEX_COLUMNS, "vector": vector_type(dimension)}
+    # document_chunks' columns (python_jobs/chunk/schema.py), then how the row was made, then the vector.
+    columns = {**INDEXED_CHUNK_COLUMNS, **INDEX_COLUMNS, "vector": vector_type(dimension)}
     return pa.schema([pa.field(name, kind, nullable=name != "chunk_id") for name, kind in columns.items()])
 
 
