@@ -3,17 +3,22 @@
     another warehouse overrides one macro instead of editing every model.
 #}
 
-{# Currency written as text ("$1,299.00", "USD 89.50", "1299") to a decimal amount. #}
+{#
+    Currency written as text ("$1,299.00", "USD 89.50", "1299", "1.2e3") to a decimal amount.
+    Only a currency code or symbol, thousands separators and spaces are removed: what is left
+    must be a number (an exponent included), or the amount is null and its not_null test fails.
+    A value too large for decimal(12, 2), such as 1e21, is null too, never a truncated number.
+#}
 {% macro parse_money(column) -%}
     {{ return(adapter.dispatch('parse_money')(column)) }}
 {%- endmacro %}
 
 {% macro default__parse_money(column) -%}
-    {{ dbt.safe_cast("nullif(regexp_replace(" ~ column ~ ", '[^0-9.-]', ''), '')", "decimal(12, 2)") }}
+    {{ dbt.safe_cast("nullif(regexp_replace(trim(" ~ column ~ "), '^[A-Z]{3} *| *[A-Z]{3}$|[$€£, ]', ''), '')", "decimal(12, 2)") }}
 {%- endmacro %}
 
 {% macro duckdb__parse_money(column) -%}
-    try_cast(nullif(regexp_replace({{ column }}, '[^0-9.-]', '', 'g'), '') as decimal(12, 2))
+    try_cast(nullif(regexp_replace(trim({{ column }}), '^[A-Z]{3}\s*|\s*[A-Z]{3}$|[$€£,\s]', '', 'g'), '') as decimal(12, 2))
 {%- endmacro %}
 
 

@@ -94,13 +94,13 @@ class Workspace:
         Tests of what the command does as a process of its own run it with `run`."""
         return self.rp("ingest", *args, check=check)
 
-    def rp(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        """`rp ARGS` in this process, with this workspace's environment, as a finished process."""
+    def rp(self, *args: str, check: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+        """`rp ARGS` in this process, with this workspace's environment (plus `env`), as a finished process."""
         from click.testing import CliRunner
 
         from python_jobs.cli import cli
 
-        result = CliRunner().invoke(cli, list(args), env=self.paths, catch_exceptions=False)
+        result = CliRunner().invoke(cli, list(args), env={**self.paths, **env}, catch_exceptions=False)
         done = subprocess.CompletedProcess(["rp", *args], result.exit_code, result.stdout, result.stderr)
         if check and done.returncode != 0:
             raise AssertionError(f"rp {args} exited {done.returncode}\n{done.stdout}\n{done.stderr}")

@@ -15,7 +15,7 @@ class ExitCode(IntEnum):
     OK = 0
     FAILED = 1  # a job failed, a verify found problems, a dbt node failed
     USAGE = 2  # a setting, an option or an input file is invalid: fix it and run again
-    QUALITY_GATE = 3  # the chunks' tests failed (or did not run): nothing was indexed
+    QUALITY_GATE = 3  # the chunks' tests failed or did not run, or the run would delete too much: nothing was indexed
     BUDGET = 4  # the run would embed more tokens than allowed: nothing was embedded
     EVAL_GATE = 6  # an evaluation gate failed or a metric regressed
     BUSY = 75  # EX_TEMPFAIL: the warehouse or the index is held by another process; retry later
@@ -42,3 +42,7 @@ class WarehouseLockedError(PipelineError):
 
 class LandingFileError(PipelineError):
     """A landing file cannot be parsed at all; nothing from this run was published."""
+
+
+class MassQuarantineError(LandingFileError):
+    """A run would quarantine most of a source: a broken export or a wrong setting; nothing was loaded."""

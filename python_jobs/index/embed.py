@@ -26,10 +26,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from python_jobs.chunk.schema import INDEXED_CHUNK_COLUMNS
-from python_jobs.common.errors import ExitCode, PipelineError
+from python_jobs.common.errors import ExitCode, PipelineError, WarehouseLockedError
 from python_jobs.common.failpoints import failpoint
 from python_jobs.common.ledger import mark_interrupted, record
 from python_jobs.common.output import progress_bar
@@ -51,6 +52,7 @@ from python_jobs.index import gate as quality_gate
 from python_jobs.index import snapshot as index_snapshot
 from python_jobs.index.encoders import Embedder, load_embedder
 from python_jobs.index.plan import (
+    CHUNKS_RELATION,
     CLASSES,
     INDEX_KEY_COLUMNS,
     EmbedPlan,
@@ -87,12 +89,17 @@ class BudgetExceededError(PipelineError):
     exit_code = ExitCode.BUDGET
 
 
+class MassDeleteError(quality_gate.QualityGateError):
+    """The run would delete more of the index than vars.embedding.max_delete_share allows."""
+
+
 @dataclass
 class EmbedOptions:
     dry_run: bool = False
     force: bool = False  # index even when the quality gate fails
     max_tokens: int | None = None  # overrides vars.embedding.max_tokens_per_run
     wait_seconds: float = 0.0  # how long to queue behind another run
+    allow_mass_delete: bool = False  # shrink the index by more than vars.embedding.max_delete_share
     progress: bool | None = None  # None: a progress bar on a terminal only
 
 
@@ -111,13 +118,14 @@ def embed(settings: Settings, options: EmbedOptions | None = None, embedder: Emb
         mark_interrupted(settings.warehouse_path, ledger(settings), started)
         record(settings.warehouse_path, ledger(settings), summary.ledger_row(started))
         try:
-            _run(settings, options, summary, embedder)
+            _run(settings, options, summary, embedder, lambda: _checkpoint(settings, summary, started))
             # The ops marts' copy of what the index holds (only when the published version moved).
             index_snapshot.refresh(settings.warehouse_path, settings.ops_schema, index)
             summary.status = "success"
         except BaseException as exc:
             summary.status = {
                 quality_gate.QualityGateError: "refused_quality_gate",
+                MassDeleteError: "refused_mass_delete",
                 BudgetExceededError: "refused_budget",
             }.get(type(exc), "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
             summary.error = str(exc) or type(exc).__name__
@@ -129,7 +137,13 @@ def embed(settings: Settings, options: EmbedOptions | None = None, embedder: Emb
     return summary
 
 
-def _run(settings: Settings, options: EmbedOptions, summary: EmbedSummary, embedder: Embedder | None) -> None:
+def _run(
+    settings: Settings,
+    options: EmbedOptions,
+    summary: EmbedSummary,
+    embedder: Embedder | None,
+    checkpoint: Callable[[], None] = lambda: None,
+) -> None:
     index = VectorIndex(settings.index_dir)
     summary.index_dir = str(settings.index_dir)
     staging = settings.index_dir / STAGING_DIR
@@ -138,6 +152,9 @@ def _run(settings: Settings, options: EmbedOptions, summary: EmbedSummary, embed
 
     with connect(settings.warehouse_path, read_only=True) as con:
         source = read_chunk_source(con)
+        # Before the model loads: the gate reads the table this connection plans from, so no dbt run can
+        # change it in between (DuckDB allows one writer, and this reader blocks it).
+        _check_quality_gate(con, settings, options, summary)
         summary.chunking_config_hash = source.chunking_config_hash
         if source.embedding_model != settings.retrieval.embedding_model:
             summary.warnings.append(
@@ -149,7 +166,6 @@ def _run(settings: Settings, options: EmbedOptions, summary: EmbedSummary, embed
         embedder = embedder or load_embedder(source.embedding_model, settings.embedding, model_cache)
         model = embedder.fingerprint
         summary.model = asdict(model) | {"id": model.id}
-        _check_quality_gate(settings, options, summary)
 
         target = index_table_name(model)
         signature, rows = chunk_signature(con, model)
@@ -173,6 +189,7 @@ def _run(settings: Settings, options: EmbedOptions, summary: EmbedSummary, embed
         )
     _summarize_plan(plan, settings, options, summary)
     summary.index_table = target
+    _check_mass_delete(table.count_rows() if table is not None else 0, plan, settings, options, summary)
     if live and live.table != target:
         summary.swapped_from = live.table
     if options.dry_run:
@@ -201,7 +218,7 @@ def _run(settings: Settings, options: EmbedOptions, summary: EmbedSummary, embed
     summary.duplicates_removed = plan.duplicates
     failpoint("after_delete")
     if plan.staged is not None:
-        _apply(plan, table, cache, embedder, settings, options, summary)
+        _apply(plan, table, cache, embedder, settings, options, summary, checkpoint)
 
     report = upkeep(table, settings.embedding.keep_versions_days)
     cache_upkeep(cache, settings.embedding.keep_versions_days)
@@ -227,17 +244,42 @@ def _run(settings: Settings, options: EmbedOptions, summary: EmbedSummary, embed
     summary.upkeep = asdict(report)
 
 
-def _check_quality_gate(settings: Settings, options: EmbedOptions, summary: EmbedSummary) -> None:
-    gate = quality_gate.check(settings.dbt_target_dir)
-    if gate.note:
-        summary.warnings.append(gate.note)
+def _check_quality_gate(con, settings: Settings, options: EmbedOptions, summary: EmbedSummary) -> None:
+    gate = quality_gate.check(con, CHUNKS_RELATION, settings.dbt_target_dir)
+    summary.quality_gate = gate.describe()
     if gate.passed:
-        summary.quality_gate = "passed" if gate.artifacts else "not checked"
-    elif options.force or options.dry_run:
-        summary.quality_gate = f"failed ({len(gate.failures)} failures)" + (": forced" if options.force else "")
-        summary.warnings.append("quality gate failed: " + "; ".join(gate.failures))
+        return
+    if options.force or options.dry_run:
+        summary.quality_gate = f"failed: {gate.reason}" + (" (forced)" if options.force else "")
+        summary.warnings.append("quality gate failed: " + "; ".join([gate.reason, *gate.failures]))
     else:
-        quality_gate.require_passing(settings.dbt_target_dir)
+        quality_gate.require_passing(gate)
+
+
+def _checkpoint(settings: Settings, summary: EmbedSummary, started: datetime) -> None:
+    """Record the tokens and rows committed so far; a busy warehouse only delays the record to the end."""
+    with contextlib.suppress(WarehouseLockedError):
+        record(settings.warehouse_path, ledger(settings), summary.ledger_row(started))
+
+
+def _check_mass_delete(indexed: int, plan: EmbedPlan, settings: Settings, options: EmbedOptions, summary) -> None:
+    """An empty or gutted chunk table is far more often a mistake upstream than an intended purge."""
+    if not indexed or plan.chunks_total >= indexed:
+        return
+    share, limit = 1 - plan.chunks_total / indexed, settings.embedding.max_delete_share
+    if share <= limit:
+        return
+    message = (
+        f"this run would shrink the index from {indexed:,} to {plan.chunks_total:,} chunks, deleting {share:.0%} "
+        f"of it, over vars.embedding.max_delete_share ({limit:.0%})"
+    )
+    if options.allow_mass_delete or options.dry_run:
+        summary.warnings.append(message + (": allowed by --allow-mass-delete" if options.allow_mass_delete else ""))
+        return
+    raise MassDeleteError(
+        f"{message}: nothing was changed and the published index still serves. If the chunk table is right, "
+        "run again with --allow-mass-delete; if not, check what the last ingest and build quarantined or dropped."
+    )
 
 
 def _summarize_plan(plan: EmbedPlan, settings: Settings, options: EmbedOptions, summary: EmbedSummary) -> None:
@@ -264,7 +306,9 @@ def _delete(table, chunk_ids: list[str]) -> None:
         table.delete(sql_in("chunk_id", chunk_ids[start : start + DELETE_BATCH]))
 
 
-def _apply(plan, table, cache, embedder: Embedder, settings: Settings, options: EmbedOptions, summary) -> None:
+def _apply(
+    plan, table, cache, embedder: Embedder, settings: Settings, options: EmbedOptions, summary, checkpoint
+) -> None:
     """Write the staged rows. New chunks go in a commit batch at a time, right after their texts
     are embedded and cached; rows already in the index are updated afterwards by a few large
     merges, since each merge scans the whole table however few rows it changes."""
@@ -285,6 +329,7 @@ def _apply(plan, table, cache, embedder: Embedder, settings: Settings, options: 
                 started = time.perf_counter()
                 table.add(_rows_with_vectors(new_rows, plan.model, cache, fresh, unpaid, names, summary))
                 summary.write_seconds += time.perf_counter() - started
+                checkpoint()  # the ledger counts what is committed, so a killed run still shows what it spent
                 failpoint("after_index_commit")
     _merge_updates(plan, table, cache, unpaid, summary)
     summary.cache_hit_rate = plan.cache_hit_rate

@@ -15,7 +15,8 @@ EMBED_RUNS = {
     "run_id": "varchar",
     "started_at": "timestamptz",
     "finished_at": "timestamptz",
-    "status": "varchar",  # running, success, failed, refused_quality_gate, refused_budget, interrupted
+    # running, success, failed, refused_quality_gate, refused_mass_delete, refused_budget, interrupted
+    "status": "varchar",
     "forced": "boolean",
     "model_name": "varchar",
     "model_fingerprint": "varchar",

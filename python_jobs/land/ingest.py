@@ -32,7 +32,7 @@ import duckdb
 import pyarrow as pa
 from tqdm import tqdm
 
-from python_jobs.common.errors import LandingFileError, PipelineError
+from python_jobs.common.errors import LandingFileError, MassQuarantineError, PipelineError
 from python_jobs.common.output import Summary
 from python_jobs.common.settings import Settings
 from python_jobs.common.warehouse import connect
@@ -130,11 +130,22 @@ def scan_landing_zone(landing_dir: Path) -> dict[str, FileState]:
             "or RP_LANDING_DIR, or generate data with `make data`"
         )
     found: dict[str, FileState] = {}
+    zone = landing_dir.resolve()
+    outside = []
     for source in SOURCES:
         for path in discover(landing_dir, source):
+            target = path.resolve()
+            if not target.is_relative_to(zone):
+                outside.append(f"{path.relative_to(landing_dir).as_posix()} -> {target}")
+                continue
             stat = path.stat()
             rel = path.relative_to(landing_dir).as_posix()
             found[rel] = FileState(source.table, rel, stat.st_size, stat.st_mtime_ns)
+    if outside:
+        raise LandingFileError(
+            f"{len(outside)} landing path(s) are symbolic links that leave the landing zone {zone}; links must "
+            "stay inside it (copy the file in instead). Nothing was read:\n  " + "\n  ".join(outside)
+        )
     return found
 
 
@@ -244,13 +255,18 @@ def ingest(
             summary.files_removed, summary.files_unchanged = len(plan.removed), plan.unchanged
             loader = _Loader(con, settings, summary, started_at, encoding or settings.ingest.encoding)
             loader.apply(plan, batch_files, batch_bytes, quiet)
-        except PipelineError as exc:
+        except (PipelineError, OSError) as exc:
+            if isinstance(exc, OSError):  # a landing file vanished or cannot be read between scan and load
+                exc = LandingFileError(
+                    f"{exc.filename or settings.landing_dir}: cannot be read ({exc.strerror or exc}); nothing was "
+                    "loaded and the last good load is unchanged. Run the ingest again once the file is back."
+                )
             summary.status = "error"
             # The transaction was rolled back: report no rows moved, only what was found.
             summary.rows_loaded = summary.rows_deleted = summary.rows_quarantined = 0
             summary.per_table = {}
             _record_run(con, schema, summary, started_at, error=str(exc))
-            raise
+            raise exc from None
         summary.seconds = round(time.perf_counter() - started, 3)
         _record_run(con, schema, summary, started_at)
     finally:
@@ -286,6 +302,7 @@ class _Loader:
                     f"{len(failures)} landing file(s) cannot be read; nothing was loaded and the last good "
                     f"load is unchanged:\n  {listing}"
                 )
+            self._refuse_mass_quarantine()
             for rel, mtime_ns in plan.touched.items():
                 self.con.execute(
                     f"update {self.schema}._landing_files set mtime_ns = ? where source_file = ?", [mtime_ns, rel]
@@ -294,6 +311,22 @@ class _Loader:
         except BaseException:
             self.con.rollback()
             raise
+
+    def _refuse_mass_quarantine(self) -> None:
+        """Quarantining most of a source is a broken export or a wrong setting: load nothing instead."""
+        limit = self.settings.ingest.max_quarantine_share
+        for table, counts in sorted(self.summary.per_table.items()):
+            if not counts["quarantined"]:
+                continue
+            (kept,) = self.con.execute(f"select count(*) from {self.schema}.{table}").fetchone()
+            share = counts["quarantined"] / (kept + counts["quarantined"])
+            if share > limit:
+                raise MassQuarantineError(
+                    f"this run would quarantine {counts['quarantined']:,} records of source {table} and leave "
+                    f"{kept:,}: {share:.0%} of it, over vars.ingest.max_quarantine_share ({limit:.0%}). Nothing was "
+                    f"loaded and the last good load is unchanged. The first reasons: "
+                    + "; ".join(self.summary.warnings[:3])
+                )
 
     def _delete(self, replaced: dict[str, str]) -> None:
         if not replaced:

@@ -22,9 +22,47 @@ import yaml
 from python_jobs.common.errors import LandingFileError
 
 try:  # libyaml is ~10x faster on 100k front-matter blocks
-    from yaml import CSafeLoader as YamlLoader
+    from yaml import CSafeLoader as _BaseLoader
 except ImportError:  # pragma: no cover - pyyaml wheels ship libyaml
-    from yaml import SafeLoader as YamlLoader
+    from yaml import SafeLoader as _BaseLoader
+
+
+class YamlLoader(_BaseLoader):
+    """YAML's safe loader, except that a key repeated in one mapping is an error, not "the last one wins".
+
+    `access_level: confidential` followed by `access_level: public` must not publish a document.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice (lines {seen[key] + 2} and {key_node.start_mark.line + 2}): "
+                    "which value is meant is ambiguous",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _unique_object(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object hook that refuses a key given twice (json.loads would keep the last silently)."""
+    record = {}
+    for key, value in pairs:
+        if key in record:
+            raise DuplicateKeyError(key)
+        record[key] = value
+    return record
+
+
+class DuplicateKeyError(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -117,6 +155,7 @@ class ParsedFile:
     rows: list[tuple[int, list[str | None]]] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    lines: int | None = None  # data lines of a CSV file (after the header), for the accounting check
 
 
 def file_sha256(path: Path) -> str:
@@ -146,12 +185,16 @@ def decode(path: Path, data: bytes, encoding: str, display: str) -> str:
 
 
 def read_csv(text: str, source: LandingSource, display: str) -> ParsedFile:
+    """Rows of a CSV file. Every line after the header ends up in exactly one place: a loaded row,
+    a quarantined record, or a blank line; `ParsedFile.lines` says how many there were."""
     if not text.strip():
         raise LandingFileError(
             f"{display}: the file is empty (no header row). An export that lost its contents must "
             "not replace the last good load: restore the file or delete it to remove its rows."
         )
     lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [name.strip() for name in next(reader)]
@@ -162,8 +205,9 @@ def read_csv(text: str, source: LandingSource, display: str) -> ParsedFile:
         raise LandingFileError(
             f"{display}: header lacks column(s) {', '.join(missing)}; expected {', '.join(source.columns)}"
         )
-    parsed = ParsedFile()
-    extra = [c for c in header if c not in source.columns]
+    parsed = ParsedFile(lines=len(lines) - reader.line_num)
+    repeated = sorted({c for c in header if header.count(c) > 1 and c in source.columns})
+    extra = [c for c in dict.fromkeys(header) if c not in source.columns]
     if extra:
         parsed.warnings.append(f"{display}: ignored unknown column(s) {', '.join(extra)}")
     positions = [header.index(c) for c in source.columns]
@@ -176,23 +220,58 @@ def read_csv(text: str, source: LandingSource, display: str) -> ParsedFile:
             break
         except csv.Error as exc:
             end = reader.line_num
-            parsed.quarantined.append(Quarantined(start, f"malformed CSV: {exc}", "\n".join(lines[start - 1 : end])))
+            _quarantine_span(parsed, lines, start, end, f"malformed CSV: {exc}", header, positions)
             previous_end = end
             continue
         previous_end = reader.line_num
         if not record or (len(record) == 1 and not record[0].strip()):
             continue  # blank line
+        if repeated:
+            columns = ", ".join(f"{c} (fields {_fields(header, c)})" for c in repeated)
+            reason = f"the header repeats column(s) {columns}: which one is meant is ambiguous"
+            parsed.quarantined.append(Quarantined(start, reason, "\n".join(lines[start - 1 : previous_end])))
+            continue
         if len(record) != len(header):
-            parsed.quarantined.append(
-                Quarantined(
-                    start,
-                    f"expected {len(header)} fields, found {len(record)}",
-                    "\n".join(lines[start - 1 : previous_end]),
-                )
-            )
+            reason = f"expected {len(header)} fields, found {len(record)}"
+            _quarantine_span(parsed, lines, start, previous_end, reason, header, positions)
             continue
         parsed.rows.append((start, [_blank_to_none(record[i]) for i in positions]))
     return parsed
+
+
+def _quarantine_span(
+    parsed: ParsedFile, lines: list[str], start: int, end: int, reason: str, header, positions
+) -> None:
+    """Quarantine a bad record; when it spans several lines (a stray quote swallows the lines after it),
+    quarantine only its first line and read the others again one by one, so one stray quote cannot drop
+    the good records behind it."""
+    if end <= start:
+        parsed.quarantined.append(Quarantined(start, reason, lines[start - 1] if start <= len(lines) else ""))
+        return
+    parsed.quarantined.append(
+        Quarantined(
+            start,
+            f"{reason} (an unbalanced quote joins lines {start}-{end}; the others are read alone)",
+            lines[start - 1],
+        )
+    )
+    for number in range(start + 1, end + 1):
+        line = lines[number - 1] if number <= len(lines) else ""
+        if not line.strip():
+            continue
+        try:
+            fields = next(csv.reader([line], strict=True))
+        except (csv.Error, StopIteration) as exc:
+            parsed.quarantined.append(Quarantined(number, f"malformed CSV: {exc}", line))
+            continue
+        if len(fields) != len(header):
+            parsed.quarantined.append(Quarantined(number, f"expected {len(header)} fields, found {len(fields)}", line))
+            continue
+        parsed.rows.append((number, [_blank_to_none(fields[i]) for i in positions]))
+
+
+def _fields(header: list[str], column: str) -> str:
+    return " and ".join(str(i + 1) for i, name in enumerate(header) if name == column)
 
 
 def read_jsonl(text: str, source: LandingSource, display: str) -> ParsedFile:
@@ -203,9 +282,14 @@ def read_jsonl(text: str, source: LandingSource, display: str) -> ParsedFile:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_unique_object)
         except json.JSONDecodeError as exc:
             parsed.quarantined.append(Quarantined(number, f"invalid JSON: {exc.msg} at column {exc.colno}", line))
+            continue
+        except DuplicateKeyError as exc:
+            parsed.quarantined.append(
+                Quarantined(number, f"key {exc.key!r} appears twice: which value is meant is ambiguous", line)
+            )
             continue
         if not isinstance(record, dict):
             parsed.quarantined.append(
@@ -273,7 +357,11 @@ def read_markdown(text: str, source: LandingSource, display: str, max_bytes: int
 
 
 def read_file(path: Path, source: LandingSource, display: str, *, encoding: str, max_document_bytes: int) -> ParsedFile:
-    text = decode(path, path.read_bytes(), encoding, display)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LandingFileError(f"{display}: cannot be read ({exc.strerror or exc})") from None
+    text = decode(path, data, encoding, display)
     if source.format == "csv":
         return read_csv(text, source, display)
     if source.format == "jsonl":

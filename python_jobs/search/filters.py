@@ -144,4 +144,5 @@ def _timestamp(name: str, value: date | datetime | str | None) -> datetime | Non
 
 
 def _timestamp_literal(value: datetime) -> str:
-    return f"timestamp '{value:%Y-%m-%d %H:%M:%S.%f}'"
+    # isoformat pads the year to four digits (strftime writes year 1 as "1", which no parser reads).
+    return f"timestamp '{value.isoformat(sep=' ', timespec='microseconds')}'"
