@@ -152,11 +152,16 @@ def step_env(workdir: Path, name: str) -> dict[str, str]:
         ENV_DUCKDB_PATH: str(workdir / f"{name}.duckdb"),
         ENV_INDEX_DIR: str(workdir / f"{name}-index"),
         ENV_LANDING_DIR: str(workdir / "landing"),
-        ENV_DBT_TARGET_PATH: str(workdir / "target"),  # no dbt artifacts: the quality gate has nothing to check
+        ENV_DBT_TARGET_PATH: str(workdir / "target"),
         # No ANN index inside the builds: its build time is measured on its own, in the `ann` step.
         "RP_VARS": "{embedding: {max_tokens_per_run: 1000000000, ann_min_rows: 1000000000}}",
         "HF_HUB_OFFLINE": "1",
     }
+
+
+# The mechanics part writes its chunk table directly, not through dbt, so no dbt run has tested it and
+# the quality gate would refuse it: the runs are forced (the gate's cost is in the plan step either way).
+UNGATED = ("--force",)
 
 
 def this(*args: str) -> list[str]:
@@ -196,10 +201,10 @@ def mechanics(workdir: Path, scale: int) -> dict:
         "generate": timed("generate chunk table", this("generate", str(scale)), env, parse_json=True),
         "full_build": timed("full build (stand-in)", this("apply"), env, parse_json=True),
         "plan": timed("plan in-process", this("plan"), env, parse_json=True),
-        "noop": timed("no-op make embed (real CLI)", [*job, "python_jobs", "embed", "--json"], env, True),
+        "noop": timed("no-op make embed (real CLI)", [*job, "python_jobs", "embed", *UNGATED, "--json"], env, True),
         "mutate": timed("mutate 1% of documents", this("mutate", str(scale)), env, parse_json=True),
         "incremental": timed("incremental build (stand-in)", this("apply"), env, parse_json=True),
-        "noop_after": timed("no-op again", [*job, "python_jobs", "embed", "--json"], env, True),
+        "noop_after": timed("no-op again", [*job, "python_jobs", "embed", *UNGATED, "--json"], env, True),
         "verify": timed("make verify", [*job, "python_jobs", "verify", "--json"], env, True),
         "generate_tenth": timed("generate, a tenth", this("generate", str(scale // 10)), small_env, True),
         "full_build_tenth": timed("full build, a tenth", this("apply"), small_env, parse_json=True),
@@ -258,7 +263,7 @@ def apply_command() -> None:
     from python_jobs.index.embed import EmbedOptions, embed
 
     settings = Settings.load()
-    summary = embed(settings, EmbedOptions(progress=True), embedder=StandInEmbedder(settings))
+    summary = embed(settings, EmbedOptions(progress=True, force=True), embedder=StandInEmbedder(settings))
     click.echo(json.dumps({**summary.__dict__}, default=str))
 
 

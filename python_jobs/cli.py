@@ -127,9 +127,20 @@ def dbt(ctx: click.Context) -> None:
 @click.option("--force", is_flag=True, help="Index even when the latest dbt build failed tests on the chunks.")
 @click.option("--max-tokens", type=click.IntRange(min=0), help="Token budget of this run (default: vars.embedding).")
 @click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=0.0, help="Queue up to N s behind a run.")
+@click.option(
+    "--allow-mass-delete", is_flag=True, help="Shrink the index by more than vars.embedding.max_delete_share."
+)
 @PROGRESS_OPTION
 @JSON_OPTION
-def embed(dry_run: bool, force: bool, max_tokens: int | None, wait_seconds: float, progress, as_json: bool) -> None:
+def embed(
+    dry_run: bool,
+    force: bool,
+    max_tokens: int | None,
+    wait_seconds: float,
+    allow_mass_delete: bool,
+    progress,
+    as_json: bool,
+) -> None:
     """Embed new and changed chunks of document_chunks into the LanceDB index, then publish.
 
     Example: rp embed --dry-run
@@ -138,7 +149,14 @@ def embed(dry_run: bool, force: bool, max_tokens: int | None, wait_seconds: floa
     from python_jobs.index.embed import embed as run_embed
 
     config = settings()
-    options = EmbedOptions(dry_run, force, max_tokens, wait_seconds, progress)
+    options = EmbedOptions(
+        dry_run=dry_run,
+        force=force,
+        max_tokens=max_tokens,
+        wait_seconds=wait_seconds,
+        allow_mass_delete=allow_mass_delete,
+        progress=progress,
+    )
     emit(run_job(lambda: run_embed(config, options)), as_json)
 
 
@@ -205,21 +223,120 @@ def query(
     emit(run_job(search), as_json)
 
 
+# --- serve ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", help="Address to bind (default: vars.serve.host, 127.0.0.1).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), help="Port to listen on (default: vars.serve.port); 0 picks one."
+)
+@click.option("--access-log", is_flag=True, help="Log every request line (the query log records them anyway).")
+def serve(host: str | None, port: int | None, access_log: bool) -> None:
+    """Serve /v1/search, /v1/context and /v1/feedback over HTTP until stopped (see docs/serving.md).
+
+    Needs a published index (`make embed`) and a key (`rp keys create`); never opens the warehouse.
+
+    Example: rp serve --host 127.0.0.1 --port 8000
+    """
+    from python_jobs.serve.server import serve as run_server
+
+    config = settings()
+    run_job(
+        lambda: run_server(config, host or config.serve.host, config.serve.port if port is None else port, access_log)
+    )
+
+
+@cli.group()
+def keys() -> None:
+    """API keys of the service: create (the key is printed once), list, revoke. Only hashes are stored.
+
+    Example: rp keys create --name support-bot --access-level internal --rate 10/s
+    """
+
+
+@keys.command(name="create")
+@click.option("--name", required=True, help="Who the key is for; it names the caller in the query log.")
+@click.option(
+    "--access-level",
+    type=click.Choice(ACCESS_LEVELS),
+    required=True,
+    help="The highest level the key may read; requests cannot raise it.",
+)
+@click.option("--rate", help="Requests allowed, as N/s, N/min or N/hour (default: vars.serve.default_rate_per_second).")
+@click.option(
+    "--daily-tokens",
+    type=click.IntRange(min=1),
+    help="Context tokens per UTC day (default: vars.serve.default_daily_tokens).",
+)
+@JSON_OPTION
+def keys_create(name: str, access_level: str, rate: str | None, daily_tokens: int | None, as_json: bool) -> None:
+    """Create a key and print it once (the last line); only its SHA-256 is stored.
+
+    Example: rp keys create --name support-bot --access-level internal --rate 10/s --daily-tokens 200000
+    """
+    from python_jobs.serve.keys import create_key, parse_rate
+
+    config = settings()
+    emit(
+        run_job(
+            lambda: create_key(
+                config.keys_path, name, access_level, parse_rate(rate) if rate is not None else None, daily_tokens
+            )
+        ),
+        as_json,
+    )
+
+
+@keys.command(name="list")
+@JSON_OPTION
+def keys_list(as_json: bool) -> None:
+    """List the keys (name, prefix, level, limits, created, revoked); never the keys themselves.
+
+    Example: rp keys list
+    """
+    from python_jobs.serve.keys import list_keys
+
+    config = settings()
+    emit(run_job(lambda: list_keys(config.keys_path)), as_json)
+
+
+@keys.command(name="revoke")
+@click.argument("name")
+@JSON_OPTION
+def keys_revoke(name: str, as_json: bool) -> None:
+    """Revoke the active key NAME; a running service refuses it within vars.serve.keys_poll_seconds.
+
+    Example: rp keys revoke support-bot
+    """
+    from python_jobs.serve.keys import revoke_key
+
+    config = settings()
+    emit(run_job(lambda: revoke_key(config.keys_path, name)), as_json)
+
+
 # --- evaluate ---------------------------------------------------------------------------------
 
 
-@cli.command(name="eval")
+# A group that still evaluates when called bare (`rp eval`, `make eval`), with subcommands beside it.
+@cli.group(name="eval", invoke_without_command=True)
 @click.option("--mode", "modes", multiple=True, type=click.Choice(EvalSettings.MODES), help="Only these modes.")
 @click.option("--questions", type=click.Path(path_type=Path, dir_okay=False), help="Questions CSV (seed layout).")
 @click.option("--judgments", type=click.Path(path_type=Path, dir_okay=False), help="Judgments CSV (seed layout).")
 @click.option("--no-gates", is_flag=True, help="Measure only: no thresholds or regression checks.")
 @PROGRESS_OPTION
 @JSON_OPTION
-def evaluate(modes, questions: Path | None, judgments: Path | None, no_gates: bool, progress, as_json: bool) -> None:
-    """Evaluate retrieval on the seeded questions (or --questions/--judgments); exit 6 when a gate fails.
+@click.pass_context
+def evaluate(
+    ctx: click.Context, modes, questions: Path | None, judgments: Path | None, no_gates: bool, progress, as_json: bool
+) -> None:
+    """Evaluate retrieval on the seeded questions and the judgments promoted from feedback (or
+    --questions/--judgments); exit 6 when a gate fails.
 
     Example: rp eval --mode hybrid
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from python_jobs.evaluate import datasets
     from python_jobs.evaluate.run import EvalOptions, run_eval
 
@@ -244,6 +361,31 @@ def evaluate(modes, questions: Path | None, judgments: Path | None, no_gates: bo
         sys.exit(ExitCode.EVAL_GATE)
 
 
+@evaluate.command(name="promote-feedback")
+@click.option(
+    "--min-votes",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Votes for (requests labelling the document relevant) a candidate needs.",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be promoted and write nothing.")
+@click.option("--refresh/--no-refresh", default=True, help="Rebuild the candidates from the query log first.")
+@JSON_OPTION
+def promote_feedback(min_votes: int, dry_run: bool, refresh: bool, as_json: bool) -> None:
+    """Promote voted feedback to eval judgments.
+
+    Appends the candidates of eval_feedback_candidates with at least --min-votes votes for to
+    vars.eval.feedback_judgments_path with their provenance; the next `rp eval` asks them too.
+
+    Example: rp eval promote-feedback --min-votes 3 --dry-run
+    """
+    from python_jobs.evaluate.feedback import promote_feedback as run_promote
+
+    config = settings()
+    emit(run_job(lambda: run_promote(config, min_votes, dry_run, refresh)), as_json)
+
+
 @cli.command(name="eval-beir")
 @click.argument("data", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--workspace", type=click.Path(path_type=Path, file_okay=False), help="Default: data/beir/<name>.")
@@ -255,9 +397,19 @@ def evaluate(modes, questions: Path | None, judgments: Path | None, no_gates: bo
     is_flag=True,
     help="Rank each document by its first chunk only, as models that truncate documents (MTEB) see them.",
 )
+@click.option(
+    "--pii",
+    type=click.Choice(["redact", "block", "allow"]),
+    default="redact",
+    show_default=True,
+    help="Personal data in the corpus: replace it with [EMAIL], [PHONE], [CARD]; fail the build; or keep it. "
+    "A retrieval.pii_policy in --vars takes precedence.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
 @JSON_OPTION
-def eval_beir(data: Path, workspace: Path | None, split: str, modes, vars_yaml, first_chunk_only, progress, as_json):
+def eval_beir(
+    data: Path, workspace: Path | None, split: str, modes, vars_yaml, first_chunk_only, pii, progress, as_json
+):
     """Land a BEIR dataset (DATA: corpus.jsonl, queries.jsonl, qrels/) through the pipeline and score it.
 
     Example: rp eval-beir ../shared/benchmarks/nfcorpus
@@ -265,7 +417,7 @@ def eval_beir(data: Path, workspace: Path | None, split: str, modes, vars_yaml, 
     from python_jobs.evaluate.beir import eval_beir as run_beir
 
     modes = tuple(modes) or EvalSettings.MODES
-    emit(run_job(lambda: run_beir(data, workspace, split, modes, vars_yaml, progress, first_chunk_only)), as_json)
+    emit(run_job(lambda: run_beir(data, workspace, split, modes, vars_yaml, progress, first_chunk_only, pii)), as_json)
 
 
 # --- observe ----------------------------------------------------------------------------------
@@ -348,6 +500,8 @@ class ConfigSummary(Summary):
             "dbt_target_dir": loaded.dbt_target_dir,
             "report_path": loaded.report_path,
             "alerts_file": loaded.alerts.jsonl_path,
+            "serve_log_dir": loaded.serve_log_dir,
+            "keys_path": loaded.keys_path,
         }
         self.vars = loaded.vars
 
@@ -363,7 +517,8 @@ class ConfigSummary(Summary):
 @cli.command(hidden=True)
 @click.option("--check", is_flag=True, help="Exit 1 if a checked-in page differs from what the code generates.")
 def reference(check: bool) -> None:
-    """Write the generated pages docs/cli.md (this CLI) and docs/configuration.md (the settings).
+    """Write the generated pages docs/cli.md (this CLI), docs/configuration.md (the settings) and
+    macros/pii_patterns.sql (python_jobs/chunk/pii.py's patterns, for the no_pii test).
 
     Example: rp reference --check
     """
@@ -402,13 +557,25 @@ def cli_reference() -> str:
             continue
         sub = click.Context(command, info_name=name, parent=context, terminal_width=100, max_content_width=100)
         lines += [f"## rp {name}", "", "```", command.get_help(sub), "```", ""]
+        for sub_name in command.list_commands(sub) if isinstance(command, click.Group) else ():  # rp eval ...
+            subcommand = command.get_command(sub, sub_name)
+            if subcommand is None or subcommand.hidden:
+                continue
+            inner = click.Context(subcommand, info_name=sub_name, parent=sub, terminal_width=100, max_content_width=100)
+            lines += [f"### rp {name} {sub_name}", "", "```", subcommand.get_help(inner), "```", ""]
     return "\n".join(lines)
 
 
 def pages() -> dict[str, str]:
+    from python_jobs.chunk.pii import PATTERNS_MACRO, pii_patterns_macro
     from python_jobs.common.settings import configuration_reference
 
-    return {CLI_PAGE: cli_reference(), CONFIGURATION_PAGE: configuration_reference()}
+    # The PII patterns are declared in Python once; the no_pii dbt test reads this generated macro.
+    return {
+        CLI_PAGE: cli_reference(),
+        CONFIGURATION_PAGE: configuration_reference(),
+        PATTERNS_MACRO: pii_patterns_macro(),
+    }
 
 
 def write_reference(check: bool = False, project_dir: Path = PROJECT_DIR) -> list[str]:

@@ -136,7 +136,9 @@ def test_bad_json_line_and_front_matter_problems_are_quarantined(workspace):
         encoding="utf-8",
     )
 
-    ingest(workspace.settings(), quiet=True)
+    # Five bad documents beside two good ones: most of the source, which the mass-quarantine guard
+    # (tests/integrity) would refuse; here each reason is the point.
+    ingest(workspace.settings(vars="{ingest: {max_quarantine_share: 1}}"), quiet=True)
 
     reasons = dict(workspace.query("select source_file || ':' || line, reason from raw._quarantine"))
     assert reasons["shop/products.jsonl:101"].startswith("invalid JSON")
