@@ -12,12 +12,14 @@ status of every node the run executed. Before reading the chunks, the embed job 
 the table with the same query, in the same read-only connection it plans from (a dbt run
 cannot change the table in between: DuckDB allows one writer, and a reader blocks it). Then:
 
-- the certificates of that exact state are read newest first, until one whose run executed
-  every test on `document_chunks` and on its parents (from dbt's `manifest.json`): it decides;
-- an error-level failure in any of them on `document_chunks` or a parent (a test `fail` or
-  `error`, a model that errored, `document_chunks` itself skipped) refuses the run, exit 3;
-- no run that tested this state (a selection that left tests out, a killed build, a table
-  changed by hand) refuses the run too, naming what was not tested. Warnings never refuse.
+- the newest run of that exact state that executed the tests of `document_chunks` decides;
+  each test on its parents counts with its newest result in any run (the parents' current
+  state), and a parent test that never ran (one whose inputs are all in the lineage, as
+  `--select +document_chunks --indirect-selection cautious` picks them) means untested;
+- an error-level failure in any of them (a test `fail` or `error`, a model that errored,
+  `document_chunks` itself skipped) refuses the run, exit 3, naming the tests;
+- no run that tested this state (a selection that left the tests out, a killed build, a table
+  changed by hand) refuses the run too, saying how to test it. Warnings never refuse.
 
 `--force` indexes anyway and says so in the run ledger. The watch mode and the orchestrator
 call `check` the same way.
@@ -98,7 +100,7 @@ def check(con: duckdb.DuckDBPyConnection, relation: str, target_dir: Path, model
         return result
 
     manifest = _manifest(target_dir)
-    model_id, ancestors, tests = _lineage_and_tests(manifest, model)
+    model_id, ancestors, tests, touching = _lineage_and_tests(manifest, model)
     names = _names(manifest)
     own = {uid for uid, attached in tests.items() if attached == model_id}
     # The newest run of this exact state that ran the chunks' own tests decides; newer runs of the
@@ -109,7 +111,8 @@ def check(con: duckdb.DuckDBPyConnection, relation: str, target_dir: Path, model
         result.failures += [
             f"{names.get(uid, uid)} ({status}) in dbt {command} {invocation_id}"
             for uid, status in statuses.items()
-            if (uid in ancestors or uid in tests) and (status in FAILING or (uid == model_id and status == "skipped"))
+            if (uid in ancestors or uid in touching)
+            and (status in FAILING or (uid == model_id and status == "skipped"))
         ]
         if own <= {uid for uid in own if statuses.get(uid) in PASSING | FAILING}:
             result.invocation_id, decided = invocation_id, True
@@ -120,7 +123,7 @@ def check(con: duckdb.DuckDBPyConnection, relation: str, target_dir: Path, model
         latest: dict[str, str] = {}
         for invocation_id, command, _, statuses_json in certificates:
             for uid, status in _statuses(statuses_json).items():
-                if uid in tests and uid not in latest and status in PASSING | FAILING:
+                if uid in touching and uid not in latest and status in PASSING | FAILING:
                     latest[uid] = status
                     if status in FAILING:
                         result.failures.append(f"{names.get(uid, uid)} ({status}) in dbt {command} {invocation_id}")
@@ -164,23 +167,28 @@ def _manifest(target_dir: Path) -> dict:
     )
 
 
-def _lineage_and_tests(manifest: dict, model: str) -> tuple[str, set[str], dict[str, str]]:
-    """The model's unique id, its lineage (itself and its ancestors) and the tests guarding the lineage
-    (test id -> the id of the node it is attached to, or "" for a singular test)."""
+def _lineage_and_tests(manifest: dict, model: str) -> tuple[str, set[str], dict[str, str], set[str]]:
+    """The model's unique id; its lineage (itself and its ancestors); the tests that must have run on
+    the lineage (test id -> the id of the node it is attached to, "" for a singular test): those whose
+    every input is in the lineage, as `--select +document_chunks --indirect-selection cautious` picks
+    them; and every test touching the lineage, whose failure blocks (a relationships test from a parent
+    to a model outside the lineage included)."""
     nodes = {**manifest.get("nodes", {}), **manifest.get("unit_tests", {})}
     model_ids = [uid for uid, node in nodes.items() if node.get("resource_type") == "model" and node["name"] == model]
     if not model_ids:
         raise QualityGateError(f"{model} is not in the dbt manifest: the gate cannot check it")
     ancestors = _ancestors(model_ids[0], manifest.get("parent_map", {}))
-    tests = {}
+    required, touching = {}, set()
     for uid, node in nodes.items():
         if node.get("resource_type") not in ("test", "unit_test"):
             continue
         depends = set(node.get("depends_on", {}).get("nodes", []))
-        attached = node.get("attached_node") or (node.get("model") and _model_id(nodes, node["model"]))
-        if (attached in ancestors) or (not attached and depends and depends <= ancestors):
-            tests[uid] = attached or ""
-    return model_ids[0], ancestors, tests
+        if not depends & ancestors:
+            continue
+        touching.add(uid)
+        if depends <= ancestors:
+            required[uid] = node.get("attached_node") or (node.get("model") and _model_id(nodes, node["model"])) or ""
+    return model_ids[0], ancestors, required, touching
 
 
 def _statuses(statuses_json: str) -> dict[str, str]:

@@ -153,7 +153,8 @@ def test_a_regression_against_the_last_passing_run_names_the_questions_that_got_
     (ws.landing / "docs" / "faq" / "faq-price-match.md").unlink()  # q2's only relevant document
     ws.ingest(check=True)
     ws.dbt("build", "--select", "stg_docs__documents+", check=True)
-    ws.job("embed", check=True)  # a deletion: no model call
+    # A deletion (no model call) of a quarter of this small index: past the mass-delete guard on purpose.
+    ws.job("embed", "--allow-mass-delete", check=True)
     result = ws.job("eval", *args, RP_VARS=NO_GATES)
     assert result.returncode == 6
     summary = json.loads(result.stdout)
@@ -209,10 +210,15 @@ def eval_beir(data: Path, workspace: Path, *args: str) -> subprocess.CompletedPr
 def test_a_beir_dataset_goes_through_the_pipeline_and_a_rerun_is_incremental(tmp_path):
     data = tmp_path / "beir-tiny"
     shutil.copytree(BEIR_FIXTURE, data)
+    # Public abstracts carry their authors' addresses: redacted by default, where no_pii would block the build.
+    corpus = data / "corpus.jsonl"
+    corpus.write_text(corpus.read_text().replace("was not.", "was not. Contact: a.author@univ.example.edu."))
     workspace = tmp_path / "workspace"
     first = eval_beir(data, workspace, "--json")
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
+    assert report["pii"] == {"action": "redact", "redactions": 1, "chunks": 1, "documents": 1}
+    assert "personal data: redact: 1 match redacted in 1 chunk of 1 document" in first.stderr
     assert report["documents"] == 20 and report["queries"] == 7  # Q8 is not judged
     assert report["landing"]["untitled"] == 1
     assert set(report["table"]) == {"vector", "fts", "hybrid"}
@@ -221,7 +227,6 @@ def test_a_beir_dataset_goes_through_the_pipeline_and_a_rerun_is_incremental(tmp
         assert all(0 <= v <= 1 for v in values.values())
     assert report["table"]["hybrid"]["ndcg@10"] > 0.8
 
-    corpus = data / "corpus.jsonl"
     corpus.write_text("".join(line for line in corpus.open() if '"D10"' not in line), encoding="utf-8")
     second = eval_beir(data, workspace, "--json", "--mode", "fts")  # nothing to embed, no model to load
     assert second.returncode == 0, second.stderr
