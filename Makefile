@@ -35,7 +35,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RP := $(BIN)/rp
 DBT := $(RP) dbt
 
-.PHONY: help setup setup-browser data ingest build chunks freshness embed verify query eval eval-beir report pipeline sql docs docs-generate docs-reference demo bench bench-warehouse bench-chunking bench-embed bench-report test lint format clean distclean
+.PHONY: help setup setup-browser data ingest build chunks freshness embed verify query eval eval-beir report pipeline dagster sql docs docs-generate docs-reference demo bench bench-warehouse bench-chunking bench-embed bench-report serve bench-serve watch bench-freshness test lint format clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -96,6 +96,18 @@ sql: $(STAMP) ## One read-only query against the warehouse: make sql Q="select *
 pipeline: $(STAMP) ## ingest, build, freshness, embed, eval, report: stops and alerts at the first failure [ARGS=--full-refresh]
 	$(RP) pipeline $(ARGS)
 
+# Dagster's run history, schedules and sensor cursors live in DAGSTER_HOME (SQLite), beside the warehouse.
+DAGSTER_HOME_DIR := data/dagster
+DAGSTER_PORT ?= 3000
+
+dagster: $(STAMP) ## The pipeline on Dagster: assets, checks, sensors, schedule; UI on http://127.0.0.1:3000 [DAGSTER_PORT=3000]
+	@mkdir -p $(DAGSTER_HOME_DIR)
+	@test -f $(DAGSTER_HOME_DIR)/dagster.yaml || cp python_jobs/orchestrate/dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
+	DAGSTER_HOME=$(abspath $(DAGSTER_HOME_DIR)) $(BIN)/dagster dev -m python_jobs.orchestrate.definitions -h 127.0.0.1 -p $(DAGSTER_PORT)
+
+serve: $(STAMP) ## Serve search, context and feedback over HTTP on 127.0.0.1 (needs a key: rp keys create) [ARGS="--port 8000"]
+	$(RP) serve $(ARGS)
+
 docs-generate: $(STAMP)
 	$(DBT) docs generate
 
@@ -124,6 +136,15 @@ bench-embed: $(STAMP) ## Embedding: model path (real model) and index mechanics 
 bench-report: $(STAMP) ## make report (ops marts refresh + dashboard) at SCALE documents, stand-in index
 	$(BIN)/python bench/bench_report.py --scale $(SCALE) $(ARGS)
 
+bench-serve: $(STAMP) ## Load-test the service on 127.0.0.1: the sample index and a 100,000-chunk one [ARGS="--duration 5"]
+	$(BIN)/python bench/bench_serve.py $(ARGS)
+
+watch: $(STAMP) ## Keep the index fresh: a cycle per burst of landing-zone changes, until stopped [ARGS="--json", "--once"]
+	$(RP) watch $(ARGS)
+
+bench-freshness: $(STAMP) ## Edit to searchable with rp watch and rp serve: single edits, bursts, no-op cycles, 100,000 chunks
+	$(BIN)/python bench/bench_freshness.py $(ARGS)
+
 test: $(STAMP) ## Run the full test suite on both cores (PYTEST_ARGS="-k embed" to narrow it)
 	$(BIN)/pytest -n 2 --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
@@ -143,7 +164,7 @@ format: $(STAMP) ## Apply ruff and sqlfluff fixes
 	$(BIN)/sqlfluff fix models
 
 clean: ## Remove build outputs, warehouses and generated data (keeps .venv)
-	rm -rf target logs dbt_packages data/warehouse data/index data/generated .pytest_cache .ruff_cache
+	rm -rf target logs dbt_packages data/warehouse data/index data/generated data/dagster .pytest_cache .ruff_cache
 
 distclean: clean ## Also remove .venv
 	rm -rf $(VENV)

@@ -96,7 +96,8 @@ def chunk_rows_sql(first_doc: int, docs: int, salt: str = "") -> str:
             text,
             heading_path || chr(10) || chr(10) || text as embedding_text,
             (length(text) // 4 + 12)::integer as token_count,
-            md5(heading_path || chr(10) || chr(10) || text) as content_hash,
+            -- as the chunker hashes embedding_text: whitespace runs collapsed, ends trimmed (make verify checks it)
+            md5(heading_path || ' ' || rtrim(text)) as content_hash,
             'Guide ' || d as doc_title,
             ['manual', 'faq', 'policy', 'troubleshooting', 'guide'][1 + d % 5] as doc_type,
             'SKU-' || (d % 5000) as product_sku,
@@ -133,7 +134,7 @@ def mutate(warehouse: Path, docs: int) -> dict:
             f"""update {relation} set
                     text = text || ' Edited.',
                     embedding_text = embedding_text || ' Edited.',
-                    content_hash = md5(embedding_text || ' Edited.')
+                    content_hash = md5(heading_path || ' ' || rtrim(text) || ' Edited.')
                 where hash(doc_id) % {step} = 0 and chunk_index = 0"""
         ).fetchone()[0]
         owners = con.execute(f"update {relation} set owner = 'new-owner' where hash(doc_id) % {step} = 1").fetchone()[0]

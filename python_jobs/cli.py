@@ -476,6 +476,29 @@ def pipeline(full_refresh: bool, as_json: bool) -> None:
     sys.exit(summary.exit_code)
 
 
+@cli.command()
+@click.option("--once", is_flag=True, help="Run one cycle over whatever changed, then exit (for cron and tests).")
+@PROGRESS_OPTION
+@click.option("--json", "as_json", is_flag=True, help="A JSON object per line: each cycle, start and stop.")
+def watch(once: bool, progress, as_json: bool) -> None:
+    """Keep the index fresh: a cycle per burst of landing-zone changes (ingest, build what they affect,
+    embed, publish); every change's freshness goes to ops.freshness_events (see docs/freshness.md).
+
+    Runs until SIGTERM or Ctrl-C; one watcher per workspace (a second exits 75).
+
+    Example: rp watch --json >> data/watch.log
+    """
+    from python_jobs.watch.watcher import WatchOptions
+    from python_jobs.watch.watcher import watch as run_watch
+
+    config = settings()
+    options = WatchOptions(once=once, as_json=as_json, progress=progress, reload=Settings.load)
+    summary = run_job(lambda: run_watch(config, options))
+    if once or summary.stopped_by is not None:
+        emit(summary, as_json)
+    sys.exit(summary.exit_code)
+
+
 # --- configuration and reference ----------------------------------------------------------------
 
 

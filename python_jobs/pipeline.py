@@ -4,6 +4,7 @@ Each step runs in this process and is judged by what it recorded, not only its e
 
     ingest     the ingest job                    error: it failed (a malformed file, a lock, ...)
     build      dbt build, results recorded       error: a model errored or a test failed at severity error
+               (of what changed since the last successful build, or nothing: docs/freshness.md)
     freshness  dbt source freshness              error: a source is past error_after; warn: past warn_after
     embed      the incremental embedding job     error: quality gate, budget, or any failure
     eval       the seeded questions, with gates  error: a gate failed or a metric regressed
@@ -15,6 +16,10 @@ metric, its owner and email, the error and where to look; the report is still wr
 dashboard shows the failure. Every alert, warnings too, goes to the sinks in `vars.alerts` (a
 JSON-lines file, and a webhook if configured). The exit code is the failing step's.
 
+Every landing-file change the run lands gets a row in ops.freshness_events, as `rp watch` writes them
+(python_jobs/land/freshness.py), so the dashboard compares batch and watch freshness. A run holds the
+workspace lock a watcher holds: while `rp watch` keeps a workspace fresh, `rp pipeline` exits 75.
+
 Example:
     rp pipeline --full-refresh
     rp pipeline --json > summary.json
@@ -23,10 +28,13 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import click
@@ -36,15 +44,19 @@ from python_jobs.common.output import Summary
 from python_jobs.common.settings import Settings
 from python_jobs.evaluate import run as evaluation
 from python_jobs.index import embed
+from python_jobs.index.gate import QualityGateError
+from python_jobs.index.store import VectorIndex
 from python_jobs.land import ingest
+from python_jobs.land.freshness import FreshnessTracker, attempted_changes, publish_times, tracking_lock
 from python_jobs.observe import findings, report
 from python_jobs.observe.alerts import Alert, send
 from python_jobs.observe.findings import Owners
+from python_jobs.transform import build_state
 from python_jobs.transform.dbt import run_dbt
 
 STEPS = ("ingest", "build", "freshness", "embed", "eval", "report")
 # What the report step alerts on; the other kinds were raised by the step they belong to.
-REPORT_KINDS = frozenset({"index_stale", "budget_exceeded", "flaky_test"})
+REPORT_KINDS = frozenset({"index_stale", "budget_exceeded", "flaky_test", "freshness_sla"})
 
 
 @dataclass
@@ -54,6 +66,7 @@ class StepResult:
     exit_code: int = 0
     seconds: float = 0.0
     alerts: list[Alert] = field(default_factory=list)
+    detail: str = ""  # e.g. why the build was skipped
 
     def fail(self, alert: Alert, exit_code: int) -> StepResult:
         self.status, self.exit_code = "failed", exit_code or 1
@@ -73,6 +86,8 @@ class PipelineSummary(Summary):
     failed_step: str | None = None
     report_path: str | None = None
     undelivered: list[str] = field(default_factory=list)  # sink warnings
+    freshness: FreshnessTracker | None = field(default=None, repr=False)  # this run's changes (ops.freshness_events)
+    build_plan: build_state.BuildPlan | None = field(default=None, repr=False)
 
     @property
     def exit_code(self) -> int:
@@ -89,6 +104,15 @@ def run_pipeline(settings: Settings, options: PipelineOptions | None = None) -> 
     options = options or PipelineOptions()
     out = options.output or sys.stdout
     summary = PipelineSummary()
+    started = datetime.now(UTC)
+    run_id = f"pipeline-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    summary.freshness = FreshnessTracker(settings, "pipeline", run_id, started)
+    with tracking_lock(settings, "rp pipeline"):
+        _run_steps(settings, options, summary, out)
+    return summary
+
+
+def _run_steps(settings: Settings, options: PipelineOptions, summary: PipelineSummary, out: TextIO) -> None:
     for name in STEPS:
         result = StepResult(name)
         summary.steps.append(result)
@@ -103,7 +127,6 @@ def run_pipeline(settings: Settings, options: PipelineOptions | None = None) -> 
             _deliver(alert, settings, summary, out)
         if result.status == "failed" and not summary.failed_step:
             summary.failed_step = name
-    return summary
 
 
 def _run_step(name: str, settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
@@ -120,19 +143,49 @@ def _run_step(name: str, settings: Settings, options: PipelineOptions, result: S
 
 
 def _ingest(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
-    ran = ingest.ingest(settings, full_refresh=options.full_refresh)
+    tracker = summary.freshness
+    tracker.begin()
+    try:
+        ran = ingest.ingest(settings, full_refresh=options.full_refresh)
+    except PipelineError as exc:
+        tracker.ingest_failed(exc, attempted_changes(settings))
+        raise
     print(ran.to_text())
+    tracker.ingested(ran.run_id)
 
 
 def _build(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
-    _dbt_step("build", ["build"], settings, options, result)
+    """`dbt build` of what changed since the last successful build (python_jobs/transform/build_state.py):
+    nothing, the landed sources and everything downstream (the ops marts aside: the report refreshes them),
+    or everything."""
+    plan = summary.build_plan = build_state.plan_build(settings)
+    if plan.action == "skip":
+        result.detail = f"skipped: {plan.reason} (docs/freshness.md)"
+        print(f"dbt build {result.detail}")
+        last = plan.state.get(build_state.BUILD)
+        summary.freshness.built(last[2] if last and last[2] else datetime.now(UTC))
+        return
+    result.detail = plan.describe()
+    captured = _dbt_step("build", plan.dbt_args() if plan.action == "select" else ["build"], settings, options, result)
+    if result.status == "failed":
+        alert = result.alerts[0]
+        if alert.kind in ("dbt_test_failed", "dbt_model_error"):
+            summary.freshness.blocked(f"dbt build: {alert.summary}")
+        else:
+            summary.freshness.failed(f"dbt build: {alert.summary}")
+        return
+    invocation_id = captured.invocation["invocation_id"] if captured else None
+    if invocation_id:
+        build_state.record_build(settings, plan, invocation_id)
+        summary.build_plan = dataclasses.replace(plan, last_build=invocation_id, embed_due=True)
+    summary.freshness.built(datetime.now(UTC))
 
 
 def _freshness(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
     _dbt_step("freshness", ["source", "freshness"], settings, options, result)
 
 
-def _dbt_step(step: str, args: list[str], settings: Settings, options: PipelineOptions, result: StepResult) -> None:
+def _dbt_step(step: str, args: list[str], settings: Settings, options: PipelineOptions, result: StepResult):
     ran = run_dbt(settings, args, output=options.output or sys.stdout)
     captured = ran.captured
     invocation_id = captured.invocation["invocation_id"] if captured else None
@@ -147,11 +200,27 @@ def _dbt_step(step: str, args: list[str], settings: Settings, options: PipelineO
     stale = [row for row in (captured.freshness if captured else []) if row["status"] == "warn"]
     if stale:
         result.alerts.append(findings.step_alert(step, stale, invocation_id, level="warn"))
+    return captured
 
 
 def _embed(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
-    ran = embed.embed(settings)
+    tracker = summary.freshness
+    started = datetime.now(UTC)
+    try:
+        ran = embed.embed(settings)
+    except QualityGateError as exc:
+        tracker.blocked(str(exc).strip().splitlines()[0])
+        raise
+    except PipelineError as exc:
+        tracker.failed(str(exc).strip().splitlines()[0])
+        raise
     print(ran.to_text())
+    pointer = VectorIndex(settings.index_dir).live()
+    busy = ran.plan_seconds + ran.embed_seconds + ran.write_seconds
+    embedded_at, published_at = publish_times(started, datetime.now(UTC), busy, pointer and pointer.published_at)
+    if summary.build_plan is not None:
+        build_state.record_published(settings, summary.build_plan.last_build)
+    tracker.published(ran.index_version, embedded_at, published_at)
 
 
 def _eval(settings: Settings, options: PipelineOptions, result: StepResult, summary) -> None:
@@ -214,6 +283,7 @@ def summary_json(summary: PipelineSummary) -> dict[str, Any]:
             {
                 "step": s.step,
                 "status": s.status,
+                "detail": s.detail,
                 "exit_code": s.exit_code,
                 "seconds": round(s.seconds, 3),
                 "alerts": [a.to_json() for a in s.alerts],

@@ -158,10 +158,13 @@ MODULE_ORDER = (
     "index/test_embed.py",  # ~180 s
     "evaluate/test_eval.py",  # ~85 s, the search world
     "land/test_bad_input.py",  # ~150 s
+    "orchestrate/test_orchestration.py",  # ~110 s, the indexed world: one Dagster run of the graph, dagster dev
+    "watch/test_watch.py",  # ~100 s, the indexed world: a watcher process, dbt in process, one pipeline run
     "chunk/test_retrieval_dataset.py",  # ~70 s
     "transform/test_warehouse_build.py",  # ~45 s
     "bench/test_generate_data.py",  # ~40 s
     "chunk/test_chunker.py",  # ~40 s
+    "observe/test_serving_loop.py",  # ~35 s, the indexed world: one dbt build, eval, report
     "search/test_retriever.py",  # ~20 s
     "index/test_verify.py",  # ~15 s
 )

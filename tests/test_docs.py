@@ -209,6 +209,10 @@ def _rp_options(words: list[str]) -> tuple[str, set[str]]:
     command = group.get_command(click.Context(group), rest[0])
     if command is None:
         return "", set()
+    # A subcommand of a command group (`rp eval promote-feedback`) takes its own options.
+    while isinstance(command, click.Group) and len(rest) > 1 and rest[1] in command.commands:
+        rest = [f"{rest[0]} {rest[1]}", *rest[2:]]
+        command = command.commands[rest[0].split()[-1]]
     # Options before the command name are the group's (`rp --help`, `rp --version`).
     accepted = _click_options(command) | (_click_options(group) if first else set())
     if rest[0] in DBT_COMMANDS:

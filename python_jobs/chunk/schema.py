@@ -29,11 +29,16 @@ CHUNK_SCHEMA = pa.schema(
         ("source_updated_at", pa.timestamp("us")),
         ("document_fingerprint", pa.string()),
         ("chunking_config_hash", pa.string()),
+        # What vars.retrieval.pii_policy did with personal data in the document (block, redact, allow), and
+        # how many matches were replaced in the chunk's heading path and text; the no_pii test reads the first.
+        ("pii_action", pa.string()),
+        ("pii_redactions", pa.int32()),
     ]
 )
 
-# The build's own change key: it decides which documents dbt re-chunks, and is not copied to the index.
-BUILD_ONLY_COLUMNS = frozenset({"document_fingerprint"})
+# The build's own: document_fingerprint decides which documents dbt re-chunks, the PII columns are for the
+# no_pii test and the run summaries. None is copied to the index.
+BUILD_ONLY_COLUMNS = frozenset({"document_fingerprint", "pii_action", "pii_redactions"})
 # What a chunk row of the index carries besides its vector and how it was made.
 INDEXED_CHUNK_COLUMNS: dict[str, pa.DataType] = {
     field.name: field.type for field in CHUNK_SCHEMA if field.name not in BUILD_ONLY_COLUMNS

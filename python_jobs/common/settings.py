@@ -17,6 +17,7 @@ import codecs
 import contextlib
 import copy
 import difflib
+import ipaddress
 import json
 import math
 import os
@@ -57,9 +58,13 @@ ENV_VARS = "RP_VARS"  # YAML mapping merged over vars, like `dbt --vars`, for th
 ENV_ALERTS_FILE = "RP_ALERTS_FILE"
 ENV_ALERT_WEBHOOK_URL = "RP_ALERT_WEBHOOK_URL"
 ENV_REPORT_PATH = "RP_REPORT_PATH"
+ENV_SERVE_LOG_DIR = "RP_SERVE_LOG_DIR"  # the service's query log and feedback (Parquet); dbt reads it too
+ENV_KEYS_PATH = "RP_KEYS_PATH"  # the service's API key store (hashes only)
 DEFAULT_DUCKDB_PATH = "data/warehouse/retrieval.duckdb"
 DEFAULT_ALERTS_FILE = "data/alerts/alerts.jsonl"
 DEFAULT_REPORT_PATH = "data/reports/dashboard.html"
+DEFAULT_SERVE_LOG_DIR = "data/serve_log"
+DEFAULT_KEYS_PATH = "data/keys/keys.json"
 
 REFERENCE_PAGE = PROJECT_DIR / "docs" / "configuration.md"
 REFERENCE_MARKER = "<!-- Generated below this line from python_jobs/common/settings.py by `rp reference`. -->"
@@ -75,6 +80,8 @@ def workspace_env(root: Path) -> dict[str, str]:
         ENV_DBT_TARGET_PATH: str(root / "target"),
         ENV_ALERTS_FILE: str(root / "alerts.jsonl"),
         ENV_REPORT_PATH: str(root / "reports" / "dashboard.html"),
+        ENV_SERVE_LOG_DIR: str(root / "serve_log"),
+        ENV_KEYS_PATH: str(root / "keys" / "keys.json"),
     }
 
 
@@ -114,6 +121,13 @@ class IngestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_document_bytes: Whole = Field(5_000_000, ge=1, description="Larger documents are quarantined, not loaded.")
+    max_quarantine_share: Number = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="An ingest run that would quarantine more than this share of a source's records fails and "
+        "loads nothing (a broken export or a wrong setting, not bad luck); 1 turns the guard off.",
+    )
     encoding: Annotated[str, _Expect("an encoding Python knows, such as utf-8 or latin-1")] = Field(
         "utf-8", description="Encoding of the landing files (`rp ingest --encoding` overrides it for one run)."
     )
@@ -126,6 +140,30 @@ class IngestSettings(BaseModel):
         except LookupError:
             raise ValueError("unknown encoding") from None
         return value
+
+
+PiiAction = Literal["block", "redact", "allow"]
+AccessLevel = Literal["public", "internal", "confidential"]
+_PII_RULE = "{doc_type: faq, access_level: public, action: redact}"
+
+
+class PiiRule(BaseModel):
+    """One rule of `vars.retrieval.pii_policy`: documents of this type and access level (either left out:
+    any) get this action."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    doc_type: Annotated[str, Strict(), Field(min_length=1)] | None = None
+    access_level: AccessLevel | None = None
+    action: PiiAction
+
+    def matches(self, doc_type: str | None, access_level: str | None) -> bool:
+        return self.doc_type in (None, doc_type) and self.access_level in (None, access_level)
+
+
+def pii_action(policy: tuple[PiiRule, ...], doc_type: str | None, access_level: str | None) -> PiiAction:
+    """What the policy does with personal data in a document: its first matching rule's action, else block."""
+    return next((rule.action for rule in policy if rule.matches(doc_type, access_level)), "block")
 
 
 class RetrievalSettings(BaseModel):
@@ -149,16 +187,60 @@ class RetrievalSettings(BaseModel):
     shared_section_headings: Annotated[tuple[str, ...], _Expect("a list of headings")] = Field(
         (), description="Sections under these headings are embedded without the document title, so they embed once."
     )
+    # The tokenizer is not a bound on length: a "word" longer than 100 characters is one unknown token.
+    max_chunk_characters: Whole = Field(
+        4000,
+        ge=200,
+        description="Most characters of a chunk's embedding text (heading prefix included): text the tokenizer "
+        "counts as few tokens, such as one long unbroken string, is split further.",
+    )
+    pii_policy: Annotated[
+        tuple[PiiRule, ...], _Expect(f"a list of rules like {_PII_RULE}, action one of block, redact, allow")
+    ] = Field(
+        (PiiRule(access_level="confidential", action="allow"),),
+        description="Personal data (e-mail addresses, phone numbers, card-like numbers) in chunks: the first rule "
+        "whose doc_type and access_level match a document (a rule without one matches any) decides; a document no "
+        "rule matches is blocked. `block`: the no_pii test fails the build; `redact`: each match becomes [EMAIL], "
+        "[PHONE] or [CARD] in the chunk before it is hashed and embedded; `allow`: kept.",
+    )
+
+    def pii_action(self, doc_type: str | None, access_level: str | None) -> PiiAction:
+        return pii_action(self.pii_policy, doc_type, access_level)
+
+    @field_validator("pii_policy", mode="before")
+    @classmethod
+    def _rules_read_as_rules(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value  # reported as not a list of rules
+        keys = tuple(PiiRule.model_fields)
+        for position, rule in enumerate(value):
+            if isinstance(rule, PiiRule):
+                continue
+            if not isinstance(rule, Mapping):
+                raise _invalid(f"must be a rule like {_PII_RULE}, got {rule!r}", position)
+            if unknown := sorted(str(key) for key in rule if key not in keys):
+                raise _invalid(f"has {unknown[0]!r}, which is not a key of a rule: use {', '.join(keys)}", position)
+            if rule.get("action") not in get_args(PiiAction):
+                given = f"has action {rule['action']!r}" if "action" in rule else "needs an action"
+                raise _invalid(f"{given}: use {', '.join(get_args(PiiAction))}", position)
+            if rule.get("access_level") not in (None, *get_args(AccessLevel)):
+                raise _invalid(
+                    f"has access_level {rule['access_level']!r}: use {', '.join(get_args(AccessLevel))}", position
+                )
+            if not (rule.get("doc_type") is None or (isinstance(rule["doc_type"], str) and rule["doc_type"])):
+                raise _invalid(f"has doc_type {rule['doc_type']!r}: use a document type such as faq", position)
+        return value
 
     @classmethod
     def from_vars(cls, values: Mapping[str, Any]) -> RetrievalSettings:
         """From `vars.retrieval` as the dbt Python models get it, or from a `chunking_settings` row (which
-        has more columns, and keeps the headings as JSON). The jobs check vars whole in `Settings.load`."""
+        has more columns, and keeps the headings and the PII policy as JSON). The jobs check vars whole in
+        `Settings.load`."""
         data = {name: values[name] for name in cls.model_fields if values.get(name) not in (None, "")}
-        headings = data.get("shared_section_headings")
-        if isinstance(headings, str):
-            with contextlib.suppress(ValueError):  # if it is not JSON, it is reported as not a list of headings
-                data["shared_section_headings"] = json.loads(headings)
+        for name in ("shared_section_headings", "pii_policy"):
+            if isinstance(data.get(name), str):
+                with contextlib.suppress(ValueError):  # if it is not JSON, it is reported as not a list
+                    data[name] = json.loads(data[name])
         return _validate(cls, data, ("retrieval",))
 
 
@@ -191,6 +273,13 @@ class EmbeddingSettings(BaseModel):
         5_000_000,
         ge=0,
         description="A run that would embed more tokens stops before embedding any (`--max-tokens` overrides it).",
+    )
+    max_delete_share: Number = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="A run that would delete more than this share of the published index refuses (exit 3) unless "
+        "`--allow-mass-delete` is given.",
     )
     ann_min_rows: Whole = Field(
         100_000, ge=0, description="Build an ANN index from this many rows; below it, search is exact and fast enough."
@@ -227,6 +316,12 @@ class EvalSettings(BaseModel):
     regression_metrics: Annotated[tuple[str, ...], _Expect("a list of '<metric>@<k>' keys")] = Field(
         ("hit_rate@5", "ndcg@10", "mrr@10", "recall@10"),
         description="Metrics checked for a regression against the last passing run.",
+    )
+    feedback_judgments_path: RelativePath = Field(
+        "seeds/eval_feedback_judgments.csv",
+        min_length=1,
+        description="Judgments promoted from users' feedback (`rp eval promote-feedback`); `rp eval` asks their "
+        "questions too, under the category `feedback`. A missing file adds none.",
     )
 
     @property
@@ -314,6 +409,12 @@ class WebhookSettings(BaseModel):
     backoff_seconds: Number = Field(
         0.5, ge=0, description="urllib3's backoff factor: with 3 retries it waits 0, 1 and 2 seconds."
     )
+    deadline_seconds: Number = Field(
+        30.0,
+        gt=0,
+        description="Longest one alert's delivery may take, every attempt and wait included; a webhook that "
+        "answers slowly (even a byte at a time) is given up on then, and the pipeline goes on.",
+    )
     # May carry a token: kept out of reprs and logs.
     headers: Annotated[Mapping[str, str], _Expect("a mapping of header names to values")] = Field(
         default_factory=dict,
@@ -359,13 +460,31 @@ class WebhookSettings(BaseModel):
 
 
 def _is_http_url(url: str) -> bool:
-    """An http or https URL with a host name, and a port in 1-65535 if it names one."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port  # ValueError when out of range or not a number
-    except ValueError:
+    """An http or https URL with a valid host name or IP address, a port in 1-65535 if it names one, and no
+    whitespace or control characters."""
+    if any(c.isspace() or not c.isprintable() for c in url):
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError:  # also a malformed IPv6 address
+        return False
+    return parts.scheme in ("http", "https") and _is_host(parts.hostname or "") and port != 0
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _is_host(host: str) -> bool:
+    """An IP address, or a DNS name (internationalized names in their IDNA form) of valid labels."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return True
+    try:
+        name = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return bool(name) and all(_HOST_LABEL.fullmatch(label) for label in name.removesuffix(".").split("."))
 
 
 class AlertSettings(BaseModel):
@@ -423,6 +542,114 @@ class OpsSettings(BaseModel):
     report_path: RelativePath = Field(
         DEFAULT_REPORT_PATH, min_length=1, description="Where `rp report` writes. Env override: `RP_REPORT_PATH`."
     )
+    freshness_sla_seconds: Number = Field(
+        300,
+        gt=0,
+        description="Longest an edit of a landing file may take to become searchable (`ops_freshness`): a change "
+        "not searchable after this long is an error, an hour whose p95 is over it a warning.",
+    )
+
+
+class WatchSettings(BaseModel):
+    """The watch mode (`rp watch`, python_jobs/watch/) and the skipping of dbt builds whose inputs did not
+    change (`rp watch` and `make pipeline`, docs/freshness.md): `vars.watch`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    debounce_ms: Whole = Field(
+        300,
+        ge=10,
+        description="Quiet time that ends a burst of landing-zone changes: changes closer together than this "
+        "go into one cycle.",
+    )
+    max_delay_ms: Whole = Field(
+        5000,
+        ge=100,
+        description="Longest a burst that goes on is grouped before its cycle starts (the changes after it "
+        "go into the next cycle).",
+    )
+    skip_unchanged_builds: Flag = Field(
+        True,
+        description="Skip a dbt build whose inputs (landed files, project files, vars, package versions) are "
+        "those of the last successful build.",
+    )
+    rebuild_after_hours: Number = Field(
+        24,
+        gt=0,
+        description="Build anyway when the last successful build is older than this: tests that read the "
+        "clock (`recency`) are checked again.",
+    )
+
+    @model_validator(mode="after")
+    def _delay_covers_debounce(self) -> WatchSettings:
+        if self.max_delay_ms < self.debounce_ms:
+            raise _invalid(
+                f"({self.max_delay_ms}) must be at least watch.debounce_ms ({self.debounce_ms})", "max_delay_ms"
+            )
+        return self
+
+
+class ServeSettings(BaseModel):
+    """The retrieval service (`rp serve`, python_jobs/serve/): where it listens, its request limits, its
+    query log and how fast it sees new keys and index versions: `vars.serve`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: Annotated[str, _Expect("a host name or IP address")] = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address `rp serve` binds (`--host` overrides it); loopback only by default.",
+    )
+    port: Whole = Field(8000, ge=1, le=65535, description="Port `rp serve` listens on (`--port` overrides it).")
+    max_query_chars: Whole = Field(2000, ge=1, description="Longest query text accepted, in characters (longer: 422).")
+    max_k: Whole = Field(100, ge=1, description="Most results one search may ask for (`k`; more: 422).")
+    max_context_tokens: Whole = Field(
+        8000, ge=1, description="Largest `max_tokens` one /v1/context request may ask for (more: 422)."
+    )
+    max_body_bytes: Whole = Field(65536, ge=1024, description="Largest request body accepted, in bytes (larger: 413).")
+    log_queue_size: Whole = Field(
+        10000,
+        ge=1,
+        description="Query log and feedback rows waiting to be written; when full, rows are dropped (counted).",
+    )
+    log_flush_seconds: Number = Field(
+        1.0, gt=0, description="How often the log writer flushes waiting rows to a Parquet file."
+    )
+    recent_queries: Whole = Field(
+        10000,
+        ge=1,
+        description="Queries kept in memory for feedback checks; older ones are looked up in the query log.",
+    )
+    index_poll_seconds: Number = Field(
+        1.0, gt=0, description="How often the service checks live.json (and the prompt files) for a new version."
+    )
+    keys_poll_seconds: Number = Field(
+        1.0, gt=0, description="How often the service checks the key file for new and revoked keys."
+    )
+    default_rate_per_second: Number = Field(
+        20.0, gt=0, description="Requests per second a key may make when it was created without `--rate`."
+    )
+    default_daily_tokens: Whole = Field(
+        1_000_000, ge=1, description="Context tokens per key per UTC day when it was created without `--daily-tokens`."
+    )
+    tokenizer: Annotated[str, _Expect("empty, a model name or directory, or a tokenizer.json file")] = Field(
+        "",
+        description="Tokenizer that counts context tokens; empty means the embedding model's "
+        "(vars.retrieval.embedding_model).",
+    )
+    prompts_dir: RelativePath = Field(
+        "prompts", min_length=1, description="Prompt templates (`<name>/<version>.yml`) and their labels.yml."
+    )
+    log_dir: RelativePath = Field(
+        DEFAULT_SERVE_LOG_DIR,
+        min_length=1,
+        description="Where the service writes its query log and feedback (Parquet). Env override: `RP_SERVE_LOG_DIR`.",
+    )
+    keys_path: RelativePath = Field(
+        DEFAULT_KEYS_PATH,
+        min_length=1,
+        description="The API key store `rp keys` writes and the service reads. Env override: `RP_KEYS_PATH`.",
+    )
 
 
 class ProjectVars(BaseModel):
@@ -468,6 +695,13 @@ class ProjectVars(BaseModel):
         default_factory=AlertSettings, description="Where failures are reported: the alerts file, then the webhook."
     )
     ops: OpsSettings = Field(default_factory=OpsSettings, description="The ops marts and the dashboard.")
+    serve: ServeSettings = Field(
+        default_factory=ServeSettings, description="The retrieval service: limits, query log, keys and prompts."
+    )
+    watch: WatchSettings = Field(
+        default_factory=WatchSettings,
+        description="The watch mode, and skipping dbt builds whose inputs did not change.",
+    )
 
 
 # --- checking vars, and saying what is wrong --------------------------------------------------
@@ -706,6 +940,10 @@ class Settings:
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    serve_log_dir: Path = Path(DEFAULT_SERVE_LOG_DIR)
+    keys_path: Path = Path(DEFAULT_KEYS_PATH)
     vars: Mapping[str, Any] = field(default_factory=dict)  # as merged from dbt_project.yml and RP_VARS, unchecked
 
     @classmethod
@@ -752,6 +990,10 @@ class Settings:
             embedding=checked.embedding,
             eval=checked.eval,
             alerts=checked.alerts,
+            serve=checked.serve,
+            watch=checked.watch,
+            serve_log_dir=resolve(env.get(ENV_SERVE_LOG_DIR) or checked.serve.log_dir),
+            keys_path=resolve(env.get(ENV_KEYS_PATH) or checked.serve.keys_path),
             vars=merged,
         )
 
@@ -769,6 +1011,8 @@ class Settings:
             ENV_DUCKDB_PATH: str(self.warehouse_path),
             ENV_LANDING_DIR: str(self.landing_dir),
             ENV_INDEX_DIR: str(self.index_dir),
+            ENV_SERVE_LOG_DIR: str(self.serve_log_dir),
+            ENV_KEYS_PATH: str(self.keys_path),
             "DBT_PROFILES_DIR": os.environ.get("DBT_PROFILES_DIR", str(self.project_dir)),
         }
 
@@ -819,4 +1063,6 @@ def _yaml(value: Any) -> str:
         return "[" + ", ".join(_yaml(item) for item in value) + "]"
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{key}: {_yaml(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, BaseModel):
+        return _yaml(value.model_dump(exclude_none=True))
     return str(value)

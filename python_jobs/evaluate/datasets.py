@@ -2,7 +2,9 @@
 
 Three sources, one shape:
 - the dbt seeds `eval_questions` and `eval_judgments`, read from the warehouse, so the set
-  evaluated is the one dbt built and tested (the default);
+  evaluated is the one dbt built and tested (the default); with them, the judgments promoted from
+  users' feedback (`rp eval promote-feedback`, vars.eval.feedback_judgments_path), read from their
+  file so a promotion counts at the next run, under the category `feedback`;
 - two CSV files in the seeds' layout (`--questions` / `--judgments`), for a team's own set;
 - a BEIR directory (`queries.jsonl`, `qrels/<split>.tsv`), for public benchmarks.
 Every bad row is reported with its file (or table) and line.
@@ -22,6 +24,9 @@ from python_jobs.search.filters import DEFAULT_ACCESS_LEVELS, FilterError, Filte
 QUESTION_COLUMNS = ("question_id", "question", "category", "asker_access_level")
 FILTER_COLUMNS = {"filter_doc_type": "doc_type", "filter_product_sku": "product_sku", "filter_category": "category"}
 JUDGMENT_COLUMNS = ("question_id", "doc_id", "relevance")
+# A promoted judgment carries its question: one row per question and document (evaluate/feedback.py).
+FEEDBACK_COLUMNS = ("question_id", "question", "asker_access_level", "doc_id", "relevance")
+FEEDBACK_CATEGORY = "feedback"
 
 
 class EvalSetError(PipelineError):
@@ -87,6 +92,29 @@ def from_csv(questions_path: Path, judgments_path: Path, name: str | None = None
     )
 
 
+def with_feedback(evaluation: EvalSet, path: Path) -> EvalSet:
+    """`evaluation` plus the judgments promoted from feedback in `path` (none if the file does not exist),
+    their questions asked as the category `feedback`."""
+    if not path.is_file():
+        return evaluation
+    rows = _csv_rows(path, FEEDBACK_COLUMNS)
+    if not rows:
+        return evaluation
+    first_rows: dict[str, tuple[str, dict]] = {}  # a question per question_id, from its first row
+    for line, row in rows:
+        question_id = _text(row.get("question_id")) or f"row {line}"  # no id: _questions names the row
+        first_line, first = first_rows.setdefault(question_id, (line, row))
+        if _text(first.get("question")) != _text(row.get("question")):
+            raise EvalSetError(f"{path} row {line}: {question_id} reads differently on row {first_line}")
+    asked = _questions([(line, {**row, "category": FEEDBACK_CATEGORY}) for line, row in first_rows.values()], str(path))
+    clashes = {q.question_id for q in asked} & {q.question_id for q in evaluation.questions}
+    if clashes:
+        raise EvalSetError(f"{path}: question_id {sorted(clashes)[0]!r} is also a seeded question")
+    qrels = {**evaluation.qrels, **_qrels(rows, str(path))}
+    source = f"{evaluation.source}; {len(rows)} promoted feedback judgments from {path}"
+    return EvalSet(evaluation.name, source, [*evaluation.questions, *asked], qrels)
+
+
 def from_beir(directory: Path, split: str = "test") -> EvalSet:
     """BEIR layout: the queries judged in qrels/<split>.tsv, all asked with public access and no filter."""
     qrels_path = directory / "qrels" / f"{split}.tsv"
@@ -147,6 +175,8 @@ def _qrels(rows: Iterable[tuple[str, Mapping[str, str | None]]], where: str, all
         if doc_id in judged:
             raise EvalSetError(f"{where} row {line}: {question_id} judges {doc_id} twice")
         judged[doc_id] = relevance
+    if not qrels:
+        raise EvalSetError(f"{where} has no judgments: every metric would be undefined (NaN)")
     return qrels
 
 

@@ -68,7 +68,8 @@ def run_eval(
     options: EvalOptions | None = None,
     retriever: Retriever | None = None,
 ) -> EvalSummary:
-    """Evaluate the published index on `evaluation` (default: the seeds in the warehouse)."""
+    """Evaluate the published index on `evaluation` (default: the seeds in the warehouse, with the
+    judgments promoted from feedback)."""
     options = options or EvalOptions()
     config = settings.eval
     modes = tuple(options.modes or config.modes)
@@ -76,7 +77,9 @@ def run_eval(
     started_at, clock = datetime.now(UTC), time.perf_counter()
     baseline = None
     with connect(settings.warehouse_path, read_only=True) as con:
-        evaluation = evaluation or eval_sets.from_warehouse(con)
+        if evaluation is None:  # the seeds, and what users asked that was promoted from their feedback
+            feedback = settings.project_dir / settings.eval.feedback_judgments_path
+            evaluation = eval_sets.with_feedback(eval_sets.from_warehouse(con), feedback)
         if options.gates:
             baseline = last_passing_run(con, settings, evaluation.name)
     retriever = retriever or Retriever(settings)

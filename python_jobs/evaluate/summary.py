@@ -59,7 +59,8 @@ def render(summary: EvalSummary) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=140, file=io.StringIO())
+    # Category names, dataset names and paths are data: shown as text, never as markup or emoji codes.
+    console = Console(width=140, file=io.StringIO(), markup=False, emoji=False, highlight=False)
     skipped = len(summary.skipped_questions)
     title = (
         f"eval {summary.run_id} on {summary.dataset}: {summary.questions_evaluated} questions"

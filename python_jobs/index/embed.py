@@ -63,14 +63,19 @@ from python_jobs.index.plan import (
 )
 from python_jobs.index.runs import EmbedSummary, ledger
 from python_jobs.index.store import (
+    INDEX_LAYOUT,
     INDEX_PREFIX,
     MODEL_CACHE_DIR,
     VectorIndex,
+    bad_vectors,
     cache_schema,
     cache_table_name,
+    clearance_texts,
+    has_clearance_columns,
     index_schema,
     index_table_name,
     read_columns,
+    scan,
     vector_type,
 )
 from python_jobs.index.upkeep import build_ann_index, cache_upkeep, needs_ann_index, upkeep
@@ -100,6 +105,11 @@ class EmbedOptions:
     max_tokens: int | None = None  # overrides vars.embedding.max_tokens_per_run
     wait_seconds: float = 0.0  # how long to queue behind another run
     allow_mass_delete: bool = False  # shrink the index by more than vars.embedding.max_delete_share
+    # `make verify ARGS=--repair`: never trust the no-change shortcut (live.json may name a damaged or
+    # missing version), and with `rebuild` write every chunk into a new version of the table, vectors from
+    # the cache (damaged cache entries dropped first) or the model, without reading the table's data.
+    shortcut: bool = True
+    rebuild: bool = False
     progress: bool | None = None  # None: a progress bar on a terminal only
 
 
@@ -170,20 +180,28 @@ def _run(
         target = index_table_name(model)
         signature, rows = chunk_signature(con, model)
         live = index.live()
-        if live and live.table == target and live.chunk_signature == signature and index.has_table(target):
+        if (
+            options.shortcut
+            and not options.rebuild
+            and live
+            and live.layout == INDEX_LAYOUT
+            and live.table == target
+            and live.chunk_signature == signature
+            and index.has_table(target)
+        ):
             # Nothing changed since this index was published: no need to read it (or import lancedb).
             summary.index_table, summary.index_version, summary.published = target, live.version, True
             summary.chunks_total, summary.counts = rows, {name: 0 for name in CLASSES} | {"unchanged": rows}
             summary.token_budget = _budget(settings, options)
             return
         bound_memory(con, staging / "duckdb")
-        table = index.open(target)
-        cache = index.open(cache_table_name(model))
+        table, rebuild = _open_index_table(index, target, options, summary)
+        cache = _open_cache(index, model, rebuild and not options.dry_run, summary)
         plan = make_plan(
             con,
             model,
             target,
-            read_columns(table, INDEX_KEY_COLUMNS),
+            None if rebuild else _index_keys(table, target),
             read_columns(cache, ["content_hash"]),
             stage_to=None if options.dry_run else staging / f"{summary.run_id}.parquet",
         )
@@ -205,14 +223,17 @@ def _run(
     up_to_date = live is not None and table is not None and (live.table, live.version) == (target, table.version)
     if up_to_date and needs_ann_index(table, settings.embedding.ann_min_rows):
         up_to_date = False  # an earlier run was killed while building it
-    if plan.is_empty and up_to_date:
+    if plan.is_empty and up_to_date and options.shortcut:  # a repair publishes again whatever it finds
         summary.index_version, summary.published, summary.swapped_from = live.version, True, None
         if live.chunk_signature != signature:  # so the next run with nothing to do stops sooner
             index.publish(table, model, live.run_id, signature)
         return  # a no-op: the model was never loaded
 
     failpoint("after_plan")
-    table = index.open_or_create(target, index_schema(model.dimension))
+    if rebuild:
+        table = index.overwrite(target, index_schema(model.dimension))
+    else:
+        table = index.open_or_create(target, index_schema(model.dimension))
     cache = index.open_or_create(cache_table_name(model), cache_schema(model.dimension))
     _delete(table, plan.delete_ids)
     summary.duplicates_removed = plan.duplicates
@@ -242,6 +263,78 @@ def _run(
         report.ann_index = "created"
         summary.index_version = index.publish(table, model, summary.run_id, signature).version
     summary.upkeep = asdict(report)
+    if rebuild:
+        texts = summary.texts_embedded
+        summary.warnings.append(
+            f"rebuilt {target} from document_chunks as version {summary.index_version}: {rows:,} rows, vectors "
+            f"from the cache and {texts:,} text{'' if texts == 1 else 's'} embedded that the cache lacked"
+        )
+
+
+def _open_index_table(index: VectorIndex, target: str, options: EmbedOptions, summary: EmbedSummary):
+    """The model's index table (None if there is none yet), and whether this run rebuilds it: when asked to,
+    or when the table predates the per-clearance full-text columns (python_jobs.index.store.FTS_COLUMNS)."""
+    try:
+        table = index.open(target)
+    except (OSError, RuntimeError, ValueError) as exc:
+        if options.rebuild:
+            return None, True
+        raise PipelineError(
+            f"index table {target} cannot be opened ({_first_line(exc)}): run `make verify ARGS=--repair` to "
+            "rebuild it from the vector cache"
+        ) from None
+    if options.rebuild:
+        return table, True
+    if table is not None and not has_clearance_columns(table):
+        summary.warnings.append(
+            f"index table {target} predates the full-text columns per access level: rebuilt from "
+            "document_chunks, with vectors from the cache"
+        )
+        return table, True
+    return table, False
+
+
+def _index_keys(table, target: str) -> pa.Table | None:
+    try:
+        return read_columns(table, INDEX_KEY_COLUMNS)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise PipelineError(
+            f"index table {target} cannot be read ({_first_line(exc)}): run `make verify` to see what is damaged "
+            "and `make verify ARGS=--repair` to rebuild it from the vector cache"
+        ) from None
+
+
+def _open_cache(index: VectorIndex, model, check: bool, summary: EmbedSummary):
+    """The model's vector cache. With `check` (a rebuild), every entry is read first: a damaged vector would
+    be copied into the rebuilt table, so it is dropped and its text embedded again, and a cache that cannot
+    be read at all is started afresh."""
+    name = cache_table_name(model)
+    try:
+        cache = index.open(name)
+        if not check or cache is None:
+            return cache
+        damaged: list[str] = []
+        for batch in scan(cache, ["content_hash", "vector"]):
+            masks = bad_vectors(batch.column("vector"), model.normalized)
+            bad = masks["missing"] | masks["non_finite"] | masks["non_unit"]
+            damaged += [h for h, is_bad in zip(batch.column("content_hash").to_pylist(), bad, strict=True) if is_bad]
+    except (OSError, RuntimeError, ValueError) as exc:
+        if not check:
+            raise PipelineError(
+                f"the vector cache {name} cannot be opened ({_first_line(exc)}): run `make verify ARGS=--repair`"
+            ) from None
+        summary.warnings.append(f"the vector cache {name} cannot be read ({_first_line(exc)}): started afresh")
+        return index.overwrite(name, cache_schema(model.dimension))
+    _delete(cache, damaged, "content_hash")
+    if damaged:
+        summary.warnings.append(
+            f"dropped {len(damaged):,} damaged vectors from the cache {name}: their texts are embedded again"
+        )
+    return cache
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _check_quality_gate(con, settings: Settings, options: EmbedOptions, summary: EmbedSummary) -> None:
@@ -301,9 +394,9 @@ def _budget(settings: Settings, options: EmbedOptions) -> int:
     return settings.embedding.max_tokens_per_run if options.max_tokens is None else options.max_tokens
 
 
-def _delete(table, chunk_ids: list[str]) -> None:
-    for start in range(0, len(chunk_ids), DELETE_BATCH):
-        table.delete(sql_in("chunk_id", chunk_ids[start : start + DELETE_BATCH]))
+def _delete(table, keys: list[str], column: str = "chunk_id") -> None:
+    for start in range(0, len(keys), DELETE_BATCH):
+        table.delete(sql_in(column, keys[start : start + DELETE_BATCH]))
 
 
 def _apply(
@@ -473,6 +566,7 @@ def _index_columns(rows: pa.Table, run_id: str, now: datetime) -> pa.Table:
     columns["metadata_hash"] = rows.column("metadata_hash")
     columns["indexed_at"] = pa.array([now] * rows.num_rows, pa.timestamp("us", tz="UTC"))
     columns["run_id"] = pa.array([run_id] * rows.num_rows, pa.string())
+    columns |= clearance_texts(columns["access_level"], columns["embedding_text"])
     return pa.table(columns)
 
 

@@ -12,6 +12,13 @@ version: a run's commits become visible all at once when it publishes, so a read
 sees half a run, and a new model's table is filled beside the live one and swapped in by
 rewriting live.json (atomically, with os.replace) when it is complete. Lance versions the
 published one is pinned by a tag, so version cleanup never removes what queries read.
+
+Full-text search ranks by BM25, whose statistics (how many rows there are, how long they
+are, how many hold each term) are those of the column searched. Searched over every row, a
+caller could tell from how scores move which words the documents above their clearance
+contain. So each access level but the highest has a full-text column of its own, holding
+embedding_text for the rows a caller cleared for that level may read and null for the others
+(Lance leaves null rows out of the statistics); the highest level searches embedding_text.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,7 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from python_jobs.chunk.schema import INDEXED_CHUNK_COLUMNS
 from python_jobs.common.errors import ExitCode, PipelineError
@@ -44,6 +54,12 @@ MODEL_CACHE_DIR = "_models"  # converted models (ONNX exports) of the backends t
 # Tagged versions are never cleaned up: `live` is the published one; evaluations pin theirs as `eval`.
 LIVE_TAG = "live"
 HISTORY_LENGTH = 10  # earlier live tables remembered in live.json
+# What an index table holds, as live.json records it: 1 is a table from before the per-level full-text
+# columns (FTS_COLUMNS), which the next embedding run rebuilds from the vector cache.
+INDEX_LAYOUT = 2
+# The full-text column each clearance searches, lowest first (python_jobs.search.filters.ACCESS_LEVELS):
+# it holds embedding_text for the rows of that level and the ones below it, null for the others.
+FTS_COLUMNS = {"public": "fts_text_public", "internal": "fts_text_internal", "confidential": "embedding_text"}
 
 # Columns the embedding job adds: how the row was made.
 INDEX_COLUMNS: dict[str, pa.DataType] = {
@@ -69,9 +85,39 @@ def vector_type(dimension: int) -> pa.DataType:
 
 
 def index_schema(dimension: int) -> pa.Schema:
-    # document_chunks' columns (python_jobs/chunk/schema.py), then how the row was made, then the vector.
-    columns = {**INDEXED_CHUNK_COLUMNS, **INDEX_COLUMNS, "vector": vector_type(dimension)}
+    # document_chunks' columns (python_jobs/chunk/schema.py), then how the row was made, the full-text
+    # columns of the lower clearances, then the vector.
+    columns = {
+        **INDEXED_CHUNK_COLUMNS,
+        **INDEX_COLUMNS,
+        **dict.fromkeys(clearance_columns(), pa.string()),
+        "vector": vector_type(dimension),
+    }
     return pa.schema([pa.field(name, kind, nullable=name != "chunk_id") for name, kind in columns.items()])
+
+
+def clearance_columns() -> dict[str, tuple[str, ...]]:
+    """Each full-text column the index adds, with the access levels whose rows it holds."""
+    levels = tuple(FTS_COLUMNS)
+    return {
+        column: levels[: position + 1]
+        for position, column in enumerate(FTS_COLUMNS.values())
+        if column not in INDEXED_CHUNK_COLUMNS
+    }
+
+
+def clearance_texts(access_level: pa.Array | pa.ChunkedArray, embedding_text: pa.Array | pa.ChunkedArray) -> dict:
+    """The full-text columns of some rows: embedding_text where the row's level is in the column's, else null."""
+    null = pa.scalar(None, pa.string())
+    columns = {}
+    for column, levels in clearance_columns().items():
+        readable = pc.fill_null(pc.is_in(access_level, value_set=pa.array(levels)), False)
+        columns[column] = pc.if_else(readable, embedding_text, null)
+    return columns
+
+
+def has_clearance_columns(table: lancedb.table.Table) -> bool:
+    return set(clearance_columns()) <= set(table.schema.names)
 
 
 def cache_schema(dimension: int) -> pa.Schema:
@@ -106,6 +152,7 @@ class LivePointer:
     # What document_chunks looked like when this was published: a run that finds the same can
     # stop before reading the index (python_jobs.index.plan.chunk_signature).
     chunk_signature: str | None = None
+    layout: int = 1  # INDEX_LAYOUT of the table; files written before it was recorded are layout 1
 
 
 class VectorIndex:
@@ -123,9 +170,12 @@ class VectorIndex:
             self._db = lancedb.connect(str(self.directory))
         return self._db
 
+    def table_dir(self, name: str) -> Path:
+        return self.directory / f"{name}.lance"
+
     def has_table(self, name: str) -> bool:
         """Whether the table's files are there, without opening it (or importing lancedb)."""
-        return (self.directory / f"{name}.lance").is_dir()
+        return self.table_dir(name).is_dir()
 
     def table_names(self) -> list[str]:
         if not self.directory.exists():
@@ -151,6 +201,16 @@ class VectorIndex:
     def drop(self, name: str) -> None:
         self.db.drop_table(name)
 
+    def overwrite(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
+        """A new, empty version of table `name`, written without reading any of its data files (so a table
+        with damaged files can be rebuilt); its earlier versions and tags stay. A table whose own metadata
+        cannot be read is removed and created again."""
+        try:
+            return self.db.create_table(name, schema=schema, mode="overwrite")
+        except (OSError, ValueError, RuntimeError):
+            shutil.rmtree(self.table_dir(name), ignore_errors=True)
+            return self.db.create_table(name, schema=schema)
+
     # --- the live pointer -------------------------------------------------------------
 
     @property
@@ -160,13 +220,20 @@ class VectorIndex:
     def live(self) -> LivePointer | None:
         try:
             data = json.loads(self.live_file.read_text(encoding="utf-8"))
-            return LivePointer(**data)
+            pointer = LivePointer(**data)
         except FileNotFoundError:
             return None
         except (ValueError, TypeError) as exc:
             raise PipelineError(
                 f"{self.live_file} is unreadable ({exc}): run `make verify ARGS=--repair` to republish the index"
             ) from None
+        # A tag name or a string would open some version, not necessarily the one published.
+        if not isinstance(pointer.table, str) or type(pointer.version) is not int or pointer.version < 1:
+            raise PipelineError(
+                f"{self.live_file} is unreadable (table {pointer.table!r} version {pointer.version!r} is not a table "
+                "name and a version number): run `make verify ARGS=--repair` to republish the index"
+            )
+        return pointer
 
     def open_live(self) -> lancedb.table.Table | None:
         """The published table at its published version: what queries should read."""
@@ -191,6 +258,7 @@ class VectorIndex:
             published_at=datetime.now(UTC).isoformat(),
             history=history[:HISTORY_LENGTH],
             chunk_signature=chunk_signature,
+            layout=INDEX_LAYOUT if has_clearance_columns(table) else 1,
         )
         self.directory.mkdir(parents=True, exist_ok=True)
         temporary = self.live_file.with_suffix(f".tmp{os.getpid()}")
@@ -233,6 +301,52 @@ class VectorIndex:
                 handle.seek(0)
                 handle.truncate()
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# Reading a whole table goes a batch at a time, so memory stays flat at any size.
+SCAN_BATCH_ROWS = 8192
+# How far a stored vector's length may be from 1 when the model normalizes (float32 rounding is ~1e-7).
+UNIT_TOLERANCE = 1e-3
+# The last bytes of every Lance data file: a file that does not end with them was cut short.
+LANCE_FILE_MAGIC = b"LANC"
+
+
+def scan(table: lancedb.table.Table, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Every row of the table at its checked-out version, every column unless told otherwise, a batch at a
+    time. A data file that cannot be read raises (lance reports it as OSError, RuntimeError or ValueError)."""
+    yield from table.search().select(columns or table.schema.names).limit(None).to_batches(SCAN_BATCH_ROWS)
+
+
+def bad_vectors(vectors: pa.Array | pa.ChunkedArray, normalized: bool) -> dict[str, np.ndarray]:
+    """Boolean masks over the rows: `missing` (no vector), `non_finite` (a NaN or an infinity in it) and,
+    when the model normalizes, `non_unit` (a finite vector whose length is not 1)."""
+    if isinstance(vectors, pa.ChunkedArray):
+        vectors = vectors.combine_chunks()
+    missing = vectors.is_null().to_numpy(zero_copy_only=False)
+    dimension = vectors.type.list_size
+    values = vectors.values.slice(vectors.offset * dimension, len(vectors) * dimension)
+    matrix = values.to_numpy(zero_copy_only=False).reshape(len(vectors), dimension).astype(np.float64)
+    finite = np.isfinite(matrix).all(axis=1)
+    non_finite = ~finite & ~missing
+    non_unit = np.zeros(len(vectors), dtype=bool)
+    if normalized:
+        norms = np.linalg.norm(np.where(finite[:, None], matrix, 0.0), axis=1)
+        non_unit = finite & ~missing & (np.abs(norms - 1.0) > UNIT_TOLERANCE)
+    return {"missing": missing, "non_finite": non_finite, "non_unit": non_unit}
+
+
+def truncated_files(table_dir: Path) -> list[Path]:
+    """Data files of a table that do not end as every Lance file does: cut short, or overwritten at the end."""
+    cut = []
+    for path in sorted((table_dir / "data").glob("*.lance")):
+        try:
+            with path.open("rb") as handle:
+                handle.seek(max(path.stat().st_size - len(LANCE_FILE_MAGIC), 0))
+                if handle.read() != LANCE_FILE_MAGIC:
+                    cut.append(path)
+        except OSError:
+            cut.append(path)
+    return cut
 
 
 def read_columns(table: lancedb.table.Table | None, columns: list[str]) -> pa.Table | None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from python_jobs.index.store import FTS_COLUMNS
+
 if TYPE_CHECKING:  # lancedb takes ~2 s to import: a run with nothing to do never imports it
     import lancedb
 
@@ -96,8 +98,9 @@ def build_ann_index(table: lancedb.table.Table) -> float:
 def upkeep(table: lancedb.table.Table, keep_days: float) -> UpkeepReport:
     """Indexes, compaction and version cleanup, before a run publishes.
 
-    Full-text and scalar indexes always (the ANN index comes after the publish, see
-    `build_ann_index`). Rows written after an index was built are searched without it
+    Full-text (one per clearance, see python_jobs.index.store) and scalar indexes always (the
+    ANN index comes after the publish, see `build_ann_index`). Rows written after an index was
+    built are searched without it
     (correct, a little slower) until `compact_and_clean_up` folds them in, which happens once
     enough has piled up (`_optimize_due`): it rewrites data, so small runs stay small.
     """
@@ -108,9 +111,10 @@ def upkeep(table: lancedb.table.Table, keep_days: float) -> UpkeepReport:
     if _optimize_due(table):  # first: a first build's many small fragments are compacted before indexing
         compact_and_clean_up(table, keep_days, report)
     present = {tuple(index.columns): index.index_type for index in table.list_indices()}
-    if ("embedding_text",) not in present:
-        table.create_index("embedding_text", config=lancedb.index.FTS())
-        report.fts_index = "created"
+    for column in FTS_COLUMNS.values():  # one per clearance: each has its own BM25 statistics
+        if (column,) not in present and column in table.schema.names:
+            table.create_index(column, config=lancedb.index.FTS())
+            report.fts_index = "created"
     for column, kind in SCALAR_INDEXES:
         if (column,) not in present:
             table.create_index(column, config=getattr(lancedb.index, kind)())

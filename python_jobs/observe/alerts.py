@@ -14,13 +14,17 @@ Configure it under `vars.alerts` in dbt_project.yml (python_jobs/common/settings
         timeout_seconds: 5    # per attempt
         retries: 3            # extra attempts on connection errors, timeouts, 429 and 5xx
         backoff_seconds: 0.5  # urllib3's backoff factor
+        deadline_seconds: 30  # the whole delivery, every attempt and wait included
         headers: {}           # e.g. {Authorization: "Bearer ${RP_ALERT_TOKEN}"}, read from the environment
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import threading
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -32,9 +36,11 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
 from urllib3.util import Retry
 
+from python_jobs.common.output import terminal_safe
 from python_jobs.common.settings import AlertSettings, WebhookSettings
 
 __all__ = ["Alert", "AlertSettings", "JsonlSink", "SinkResult", "WebhookSink", "read_alerts", "send"]
@@ -75,7 +81,8 @@ class Alert:
         return json.loads(json.dumps(record, default=_json_default))
 
     def render(self) -> str:
-        """A compact block for a terminal: what failed, who owns it, the error and where to look."""
+        """A compact block for a terminal: what failed, who owns it, the error and where to look. Values come
+        from the data (failing rows, error messages), so control characters are shown as escapes."""
         owner = " ".join(part for part in (self.owner, f"<{self.email}>" if self.email else None) if part)
         lines = [f"ALERT [{self.level}] {self.step}: {self.summary}", _line("owner", owner or "(none set)")]
         if self.error.strip():
@@ -96,7 +103,7 @@ class Alert:
             if len(names) > DETAILS_NAMED:
                 named += f", and {len(names) - DETAILS_NAMED} more"
             lines.append(f"  + {len(names)} more failure{'s' if len(names) > 1 else ''} in this step: {named}")
-        return "\n".join(lines)
+        return terminal_safe("\n".join(lines))
 
 
 def _line(label: str, value: str) -> str:
@@ -191,8 +198,81 @@ class _CountingRetry(Retry):
             raise
 
 
+class _Delivery:
+    """The attempts of one delivery, run in a worker thread so that the caller stops waiting at the deadline.
+
+    A timeout bounds each read from the socket, not an attempt: a server that sends a byte every second
+    never hits a 5 s timeout. So at the deadline the connections this delivery opened are shut down, which
+    ends a read in progress at once, and no further attempt (or backoff wait) is made.
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.connections: list[Any] = []
+        self.lock = threading.Lock()
+        self.result: SinkResult | None = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        with self.lock:
+            connections = list(self.connections)
+        for connection in connections:
+            sock = getattr(connection, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def adapter(self, retry: Retry) -> HTTPAdapter:
+        return _DeliveryAdapter(self, max_retries=retry)
+
+    def pool_class(self, base: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
+        """`base` with connections that register with this delivery, and refuse to open once it is over."""
+        delivery = self
+
+        class Connection(base.ConnectionCls):  # type: ignore[name-defined, misc]
+            def connect(self) -> None:
+                if delivery.cancelled.is_set():
+                    raise ConnectionAbortedError("the delivery's deadline has passed")
+                with delivery.lock:
+                    delivery.connections.append(self)
+                super().connect()
+
+        return type(base.__name__, (base,), {"ConnectionCls": Connection})
+
+    def retry_class(self) -> type[_CountingRetry]:
+        cancelled = self.cancelled
+
+        class DeliveryRetry(_CountingRetry):
+            def increment(self, *args: Any, **kwargs: Any) -> Retry:
+                retry = super().increment(*args, **kwargs)
+                if cancelled.is_set():  # the deadline passed: no further attempt
+                    error = MaxRetryError(kwargs.get("_pool"), str(kwargs.get("url") or ""), kwargs.get("error"))
+                    error.attempts = len(retry.history)  # type: ignore[attr-defined]
+                    raise error
+                return retry
+
+            def sleep(self, response: Any = None) -> None:
+                cancelled.wait(self.get_backoff_time())  # a backoff wait ends at the deadline too
+
+        return DeliveryRetry
+
+
+class _DeliveryAdapter(HTTPAdapter):
+    def __init__(self, delivery: _Delivery, **kwargs: Any):
+        self._pools = {
+            "http": delivery.pool_class(HTTPConnectionPool),
+            "https": delivery.pool_class(HTTPSConnectionPool),
+        }
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = self._pools
+
+
 class WebhookSink:
-    """POSTs an alert as JSON, retrying what a retry can fix. It reports in its result; it never raises."""
+    """POSTs an alert as JSON, retrying what a retry can fix, within a deadline for the whole delivery.
+    It reports in its result; it never raises."""
 
     name = "webhook"
 
@@ -203,21 +283,49 @@ class WebhookSink:
         retries: int = 3,
         backoff: float = 0.5,
         headers: Mapping[str, str] | None = None,
+        deadline: float = 30.0,
     ):
         self.url = url
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.headers = dict(headers or {})
+        self.deadline = deadline
         parts = urlsplit(url)
         self.host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)  # no path: it may be secret
 
     @classmethod
     def from_settings(cls, webhook: WebhookSettings) -> WebhookSink:
-        return cls(webhook.url, webhook.timeout_seconds, webhook.retries, webhook.backoff_seconds, webhook.headers)
+        return cls(
+            webhook.url,
+            webhook.timeout_seconds,
+            webhook.retries,
+            webhook.backoff_seconds,
+            webhook.headers,
+            webhook.deadline_seconds,
+        )
 
     def deliver(self, alert: Alert) -> SinkResult:
-        retry = _CountingRetry(
+        delivery = _Delivery()
+        worker = threading.Thread(target=self._attempts, args=(alert, delivery), name="alert-webhook", daemon=True)
+        worker.start()
+        worker.join(self.deadline)
+        if delivery.result is not None:
+            return delivery.result
+        delivery.cancel()
+        worker.join(1.0)  # the shut-down connection ends its read at once; a daemon thread never holds up exit
+        return SinkResult(
+            self.name,
+            False,
+            f"not delivered to {self.host}: no complete answer within deadline_seconds={self.deadline:g} "
+            "(a slow or stalled webhook; the alert is in the alerts file)",
+        )
+
+    def _attempts(self, alert: Alert, delivery: _Delivery) -> None:
+        delivery.result = self._post(alert, delivery)
+
+    def _post(self, alert: Alert, delivery: _Delivery) -> SinkResult:
+        retry = delivery.retry_class()(
             total=self.retries,
             connect=self.retries,
             read=self.retries,
@@ -231,7 +339,7 @@ class WebhookSink:
         )
         try:
             with requests.Session() as session:
-                adapter = HTTPAdapter(max_retries=retry)
+                adapter = delivery.adapter(retry)
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
                 response = session.post(

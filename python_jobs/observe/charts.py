@@ -42,6 +42,9 @@ def all_charts(data: OpsMarts) -> dict[str, go.Figure | None]:
         "chunk-churn": chunk_churn(data),
         "cost-per-run": cost_per_run(data),
         "weekly-budget": weekly_budget(data),
+        "serving-latency": serving_latency(data),
+        "serving-requests": serving_requests(data),
+        "feedback-volume": feedback_volume(data),
     }
 
 
@@ -232,6 +235,94 @@ def weekly_budget(data: OpsMarts) -> go.Figure | None:
     )
     fig.update_layout(title=_titled("Embedding spend per week against the budget"), yaxis_title="USD", **LAYOUT)
     return fig
+
+
+def serving_latency(data: OpsMarts) -> go.Figure | None:
+    """p50 and p95 latency of the successful requests, per hour and search mode (p99 on hover)."""
+    rows = [r for r in data.serving_hours if r["latency_p50_ms"] is not None]
+    if not rows:
+        return None
+    fig = go.Figure()
+    for mode, series in _group(rows, "search_mode").items():
+        colour = MODE_COLOURS.get(mode, MUTED)
+        for key, dash in (("latency_p95_ms", "solid"), ("latency_p50_ms", "dot")):
+            fig.add_trace(
+                go.Scatter(
+                    x=[_hour(r["request_hour"]) for r in series],
+                    y=[r[key] for r in series],
+                    mode="lines+markers",
+                    name=f"{mode} {key.split('_')[1]}",
+                    line=dict(color=colour, dash=dash),
+                    text=[f"p99 {r['latency_p99_ms']:.1f} ms, {r['ok_requests']} requests" for r in series],
+                    hovertemplate="%{x}<br>%{y:.1f} ms<br>%{text}<extra></extra>",
+                )
+            )
+    fig.update_layout(
+        title=_titled("Service latency per hour and mode (solid p95, dotted p50)"), yaxis_title="ms", **LAYOUT
+    )
+    fig.update_xaxes(type="category", categoryorder="category ascending")
+    return fig
+
+
+def serving_requests(data: OpsMarts) -> go.Figure | None:
+    """Requests per hour by outcome, and the share that failed with a 5xx."""
+    hours: dict[Any, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in data.serving_hours:
+        for key in ("ok_requests", "refused_requests", "error_requests", "requests"):
+            hours[row["request_hour"]][key] += row[key]
+    if not hours:
+        return None
+    ordered = sorted(hours)
+    x = [_hour(h) for h in ordered]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    for key, colour, label in (
+        ("ok_requests", OK, "ok"),
+        ("refused_requests", WARN, "refused (4xx)"),
+        ("error_requests", FAIL, "error (5xx)"),
+    ):
+        fig.add_trace(go.Bar(x=x, y=[hours[h][key] for h in ordered], name=label, marker_color=colour))
+    rates = [hours[h]["error_requests"] / hours[h]["requests"] for h in ordered]
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=rates,
+            name="error rate",
+            mode="lines+markers",
+            line=dict(color=FAIL, dash="dash"),
+        ),
+        secondary_y=True,
+    )
+    fig.update_layout(title=_titled("Requests per hour by outcome"), barmode="stack", **LAYOUT)
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(title_text="requests", secondary_y=False)
+    top = max([*rates, 0.05]) * 1.1  # an error-free day reads as a flat line at 0%, not a zoomed-in one
+    fig.update_yaxes(title_text="error rate", range=[0, top], tickformat=".0%", secondary_y=True)
+    return fig
+
+
+def feedback_volume(data: OpsMarts) -> go.Figure | None:
+    by_label = _group(data.feedback_daily, "feedback_label")
+    if not by_label:
+        return None
+    colours = {"relevant": OK, "not_relevant": FAIL, "click": "#2e86c1"}
+    fig = go.Figure()
+    for label, rows in sorted(by_label.items()):
+        fig.add_trace(
+            go.Bar(
+                x=[f"{r['feedback_day']:%Y-%m-%d}" for r in rows],
+                y=[r["feedback"] for r in rows],
+                name=label.replace("_", " "),
+                marker_color=colours.get(label, MUTED),
+            )
+        )
+    fig.update_layout(title=_titled("Feedback per day by label"), barmode="stack", yaxis_title="feedback", **LAYOUT)
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def _hour(value) -> str:
+    """An hour as a category label (one point per hour, however far apart the hours with traffic are)."""
+    return f"{value:%m-%d %H:00}"
 
 
 def _run_labels(runs: list[dict[str, Any]]) -> list[str]:

@@ -22,6 +22,7 @@ RUNBOOK = "docs/runbook.md"
 PLAYBOOKS = {
     "source_stale": "stale-source",
     "index_stale": "stale-index",
+    "freshness_sla": "freshness-sla",
     "dbt_test_failed": "failing-data-test",
     "dbt_model_error": "failing-data-test",
     "flaky_test": "failing-data-test",
@@ -163,6 +164,7 @@ def from_marts(data: OpsMarts, owners: Owners) -> list[Alert]:
     ]
     found += [eval_trend_alert(row, owners) for row in data.eval_problems]
     found += list(index_alerts(data.index_freshness, owners))
+    found += list(freshness_alerts(data.freshness_backlog, owners))
     found += list(budget_alerts(data.weekly_costs[-1:], owners))
     found += [flaky_alert(row) for row in data.tests_attention if row["is_flaky"]]
     return sorted(found, key=lambda a: a.level != "error")
@@ -215,6 +217,63 @@ def index_alerts(index: Mapping[str, Any], owners: Owners) -> Iterable[Alert]:
         **owners.of(RETRIEVAL_GROUP),
         where={"chunks": "observability.ops_index_chunks where is_pending", "plan": "make embed ARGS=--dry-run"},
         runbook=runbook("index_stale"),
+    )
+
+
+def freshness_alerts(backlog: Mapping[str, Any], owners: Owners) -> Iterable[Alert]:
+    """vars.ops.freshness_sla_seconds (ops_freshness_backlog): a change not yet searchable after it is an
+    error; the latest hour's edit-to-searchable p95 over it is a warning."""
+    if not backlog:
+        return
+    sla = backlog.get("sla_seconds")
+    where = {"changes": "observability.ops_freshness_backlog", "hours": "observability.ops_freshness"}
+    if backlog.get("is_sla_breached"):
+        yield Alert(
+            level="error",
+            kind="freshness_sla",
+            step="freshness",
+            subject=str(backlog.get("oldest_landing_path")),
+            summary=(
+                f"{backlog['changes_not_searchable']:,} change(s) not searchable; the oldest, "
+                f"{backlog.get('oldest_landing_path')} ({backlog.get('oldest_outcome')}), has waited "
+                f"{_fmt(backlog.get('oldest_waiting_seconds'))} s, SLA {_fmt(sla)} s"
+            ),
+            **owners.of(RETRIEVAL_GROUP),
+            where=where | {"events": "ops.freshness_events where outcome in ('pending', 'blocked', 'failed')"},
+            runbook=runbook("freshness_sla"),
+        )
+    elif backlog.get("is_latest_hour_over_sla"):
+        yield Alert(
+            level="warn",
+            kind="freshness_sla",
+            step="freshness",
+            subject=f"edit to searchable, hour of {backlog.get('latest_hour')}",
+            summary=(
+                f"edits took {_fmt(backlog.get('latest_hour_p95_seconds'))} s to become searchable (p95, hour of "
+                f"{backlog.get('latest_hour')}), over the SLA of {_fmt(sla)} s"
+            ),
+            **owners.of(RETRIEVAL_GROUP),
+            where=where,
+            runbook=runbook("freshness_sla"),
+        )
+
+
+def open_changes_alert(changes: list[Mapping[str, Any]], sla_seconds: float, owners: Owners) -> Alert:
+    """The watcher's alert for changes still not searchable after the SLA (rows of ops.freshness_events)."""
+    oldest = changes[0]
+    return Alert(
+        level="error",
+        kind="freshness_sla",
+        step="watch",
+        subject=str(oldest["path"]),
+        summary=(
+            f"{len(changes):,} change(s) not searchable after the SLA of {sla_seconds:g} s; the oldest, "
+            f"{oldest['path']} ({oldest['outcome']}), has waited {oldest['waiting_seconds']:,.0f} s"
+        ),
+        error=str(oldest.get("detail") or ""),
+        **owners.of(RETRIEVAL_GROUP),
+        where={"event_ids": [str(c["event_id"]) for c in changes], "paths": sorted({str(c["path"]) for c in changes})},
+        runbook=runbook("freshness_sla"),
     )
 
 

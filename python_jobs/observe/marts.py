@@ -18,6 +18,9 @@ from python_jobs.common.warehouse import connect
 MARTS = "observability"
 HISTORY_RUNS = 200  # runs per chart
 LAG_BINS = 24
+SERVING_DAYS = 7  # the serving section's window: hourly latency and requests, daily feedback
+TOP_QUESTIONS = 15
+FRESHNESS_HOURS = 48  # hour-and-runner rows of edit-to-searchable shown
 
 
 @dataclass
@@ -31,6 +34,8 @@ class OpsMarts:
     freshness_history: list[dict[str, Any]] = field(default_factory=list)
     index_freshness: dict[str, Any] = field(default_factory=dict)
     index_lag_bins: list[dict[str, Any]] = field(default_factory=list)
+    freshness_backlog: dict[str, Any] = field(default_factory=dict)  # ops_freshness_backlog: changes not searchable
+    freshness_hours: list[dict[str, Any]] = field(default_factory=list)  # ops_freshness: edit to searchable per hour
     eval_latest: list[dict[str, Any]] = field(default_factory=list)
     eval_trend: list[dict[str, Any]] = field(default_factory=list)
     eval_problems: list[dict[str, Any]] = field(default_factory=list)
@@ -40,6 +45,10 @@ class OpsMarts:
     volume_latest: list[dict[str, Any]] = field(default_factory=list)
     costs: list[dict[str, Any]] = field(default_factory=list)
     weekly_costs: list[dict[str, Any]] = field(default_factory=list)
+    serving_hours: list[dict[str, Any]] = field(default_factory=list)
+    serving_totals: dict[str, Any] = field(default_factory=dict)
+    unanswered_questions: list[dict[str, Any]] = field(default_factory=list)
+    feedback_daily: list[dict[str, Any]] = field(default_factory=list)
 
 
 QUERIES = {
@@ -69,6 +78,10 @@ QUERIES = {
             least(floor((hours - low) / span * {LAG_BINS}), {LAG_BINS - 1}) as bin,
             min(hours) as from_hours, max(hours) as to_hours, count(*) as chunks
         from lag, bounds group by bin order by bin""",
+    "freshness_hours": f"""
+        select * from (
+            select * from {MARTS}.ops_freshness order by published_hour desc, runner limit {FRESHNESS_HOURS})
+        order by published_hour, runner""",
     "eval_latest": f"""
         select * from {MARTS}.ops_eval_trend where is_latest
         order by dataset, mode, metric, k""",
@@ -99,7 +112,49 @@ QUERIES = {
         select * from (select * from {MARTS}.ops_embedding_cost order by started_at desc limit {HISTORY_RUNS})
         order by started_at""",
     "weekly_costs": f"select * from {MARTS}.ops_embedding_cost_weekly order by cost_week",
+    "serving_hours": f"""
+        select * from {MARTS}.ops_query_latency
+        where request_hour >= now() - interval {SERVING_DAYS} days
+        order by request_hour, search_mode""",
+    # the questions asked most often that no one has labelled a result of relevant: retrieval's blind spots
+    "unanswered_questions": f"""
+        select
+            question_key,
+            arg_max(query_text, logged_at) as question,
+            count(*) as times_asked,
+            count(distinct caller_name) as callers,
+            sum(not_relevant_labels) as not_relevant_labels,
+            sum(clicks) as clicks,
+            avg(results_returned) as mean_results,
+            max(logged_at) as last_asked_at
+        from {MARTS}.ops_queries
+        where outcome = 'ok' and logged_at >= now() - interval {SERVING_DAYS} days
+        group by question_key
+        having sum(relevant_labels) = 0
+        order by times_asked desc, last_asked_at desc
+        limit {TOP_QUESTIONS}""",
+    "feedback_daily": f"""
+        select feedback_day, feedback_label, count(*) as feedback
+        from {MARTS}.ops_feedback
+        where given_at >= now() - interval {SERVING_DAYS} days
+        group by all order by feedback_day, feedback_label""",
 }
+# One row: the serving section's tiles, over the same window.
+SERVING_TOTALS = f"""
+    with queries as (
+        select * from {MARTS}.ops_queries where logged_at >= now() - interval {SERVING_DAYS} days
+    )
+    select
+        count(*) as requests,
+        count(*) filter (where outcome = 'refused') as refused_requests,
+        count(*) filter (where outcome = 'error') as error_requests,
+        count(*) filter (where outcome = 'error') / nullif(count(*), 0) as error_rate,
+        count(distinct caller_name) as callers,
+        quantile_cont(total_ms, 0.95) filter (where outcome = 'ok') as latency_p95_ms,
+        sum(feedback_given) as feedback,
+        (select count(*) from {MARTS}.eval_feedback_candidates where proposed_relevance > 0) as candidates,
+        (select count(*) from {MARTS}.ops_api_keys where is_active) as active_keys
+    from queries"""
 
 
 def load(warehouse: Path) -> OpsMarts:
@@ -109,6 +164,9 @@ def load(warehouse: Path) -> OpsMarts:
             setattr(data, name, _rows(con, sql))
         index = _rows(con, f"select * from {MARTS}.ops_index_freshness")
         data.index_freshness = index[0] if index else {}
+        backlog = _rows(con, f"select * from {MARTS}.ops_freshness_backlog")
+        data.freshness_backlog = backlog[0] if backlog else {}
+        data.serving_totals = _rows(con, SERVING_TOTALS)[0]
     return data
 
 

@@ -10,14 +10,13 @@ Example:
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 
 from python_jobs.common.errors import PipelineError
-from python_jobs.common.output import Summary
+from python_jobs.common.output import Summary, terminal_safe, text_console
 from python_jobs.common.settings import Settings
 from python_jobs.common.warehouse import connect
 
@@ -49,13 +48,13 @@ def query(settings: Settings, sql: str, limit: int = MAX_ROWS) -> QueryResult:
 
 
 def render(columns: list[str], rows: list[tuple], limit: int = MAX_ROWS) -> str:
-    from rich.console import Console
+    """The rows as a table; every name and value is shown as the text it is (never as markup)."""
     from rich.table import Table
 
-    console = Console(width=200, file=io.StringIO())
-    table = Table(*columns)
+    console = text_console(200)
+    table = Table(*(terminal_safe(str(name)) for name in columns))
     for row in rows:
-        table.add_row(*("" if value is None else str(value) for value in row))
+        table.add_row(*("" if value is None else terminal_safe(str(value)) for value in row))
     console.print(table)
     if len(rows) == limit:
         console.print(f"(first {limit} rows)")

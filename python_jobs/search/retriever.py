@@ -6,7 +6,10 @@ Three modes, over the table and version that live.json names (never a half-writt
   weights, backend, normalization) and ranked by cosine similarity; exact search until
   the table has an ANN index (vars.embedding.ann_min_rows).
 - `fts`: LanceDB's full-text index on `embedding_text` (BM25; stemmed, stop words removed).
-  The question is one match query, never parsed as query syntax.
+  The question is one match query, never parsed as query syntax. BM25's statistics are those
+  of the caller's clearance (the highest level it may read): each clearance has a full-text
+  column of its own (python_jobs.index.store.FTS_COLUMNS), so no score depends on a document
+  the caller may not read, and no caller can learn a word of one from how scores move.
 - `hybrid`: both lists, `candidates` deep each, fused by reciprocal rank fusion,
   score(chunk) = sum over the lists it is in of 1 / (rrf_k + rank), rank from 1 and
   rrf_k = 60 (Cormack et al., 2009). RRF needs no score calibration between BM25 and
@@ -26,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,11 +39,12 @@ import pyarrow as pa
 
 from python_jobs.chunk.schema import INDEXED_CHUNK_COLUMNS
 from python_jobs.common.errors import PipelineError
-from python_jobs.common.output import Summary
+from python_jobs.common.output import Summary, terminal_safe, text_console
 from python_jobs.common.settings import Settings
 from python_jobs.index.encoders import Embedder, load_embedder
-from python_jobs.index.store import MODEL_CACHE_DIR, LivePointer, VectorIndex
+from python_jobs.index.store import FTS_COLUMNS, MODEL_CACHE_DIR, LivePointer, VectorIndex
 from python_jobs.search.filters import (
+    ACCESS_LEVELS,
     DEFAULT_ACCESS_LEVELS,
     FilterError,
     Filters,
@@ -108,7 +111,13 @@ class Retriever:
         if pointer is None:
             raise PipelineError(f"no published index in {settings.index_dir}: run `make embed` first")
         self.pointer: LivePointer = pointer
-        self.table = index.open(pointer.table, pointer.version)
+        try:
+            self.table = index.open(pointer.table, pointer.version)
+        except (OSError, RuntimeError, ValueError) as exc:  # lance: a version that is gone, a damaged table
+            raise PipelineError(
+                f"live.json in {settings.index_dir} names {pointer.table} version {pointer.version}, which cannot "
+                f"be opened ({_first_line(exc)}): run `make verify ARGS=--repair`"
+            ) from None
         if self.table is None:
             raise PipelineError(
                 f"live.json in {settings.index_dir} names table {pointer.table}, which is not there: "
@@ -116,6 +125,7 @@ class Retriever:
             )
         self._embedder = embedder
         self._rows = None
+        self._columns = set(self.table.schema.names)
         self._query_vectors: dict[str, np.ndarray] = {}
 
     @property
@@ -144,6 +154,10 @@ class Retriever:
             raise FilterError(f"k={k} must be at least 1")
         if not query.strip():
             raise FilterError("the query is empty")
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise FilterError(f"the query is not valid UTF-8 (byte {exc.start} of it): pass text, not bytes") from None
         filters = filters or Filters()
         levels = checked_access_levels(access_levels)
         where = filters.where(levels)
@@ -155,7 +169,7 @@ class Retriever:
         if per_document:
             depth = max(depth, 4 * k)
         while True:
-            hits = self._ranked(mode, query, vector, where, depth)
+            hits = self._ranked(mode, query, vector, where, depth, levels)
             if per_document:
                 hits = _best_per_document(hits)
             exhausted = self._exhausted(depth)
@@ -181,13 +195,20 @@ class Retriever:
 
     # --- the modes ------------------------------------------------------------------------
 
-    def _ranked(self, mode: str, query: str, vector, where: str, depth: int) -> list[Hit]:
+    def _ranked(self, mode: str, query: str, vector, where: str, depth: int, levels: tuple[str, ...]) -> list[Hit]:
         self._last_counts: dict[str, int] = {}
-        if mode == "vector":
-            return self._vector(vector, where, depth)
-        if mode == "fts":
-            return self._fts(query, where, depth)
-        return _fuse(self._vector(vector, where, depth), self._fts(query, where, depth))
+        try:
+            if mode == "vector":
+                return self._vector(vector, where, depth)
+            if mode == "fts":
+                return self._fts(query, where, depth, levels)
+            return _fuse(self._vector(vector, where, depth), self._fts(query, where, depth, levels))
+        except (OSError, RuntimeError) as exc:  # lance reports a data file it cannot read as one of these
+            raise PipelineError(
+                f"the published index {self.pointer.table} version {self.pointer.version} cannot be read "
+                f"({_first_line(exc)}): run `make verify` to see what is damaged, `make verify ARGS=--repair` "
+                "to rebuild it"
+            ) from None
 
     def _exhausted(self, depth: int) -> bool:
         """Whether the last search returned fewer rows than asked: deeper would find nothing new."""
@@ -209,11 +230,11 @@ class Retriever:
             hit.vector_rank = rank
         return hits
 
-    def _fts(self, query: str, where: str, depth: int) -> list[Hit]:
+    def _fts(self, query: str, where: str, depth: int, levels: tuple[str, ...]) -> list[Hit]:
         from lancedb.query import MatchQuery
 
         rows = (
-            self.table.search(MatchQuery(query, "embedding_text"), query_type="fts")
+            self.table.search(MatchQuery(query, self._fts_column(levels)), query_type="fts")
             .where(where, prefilter=True)
             .select([*RESULT_COLUMNS, "_score"])
             .limit(depth)
@@ -226,6 +247,19 @@ class Retriever:
         for rank, hit in enumerate(hits, start=1):
             hit.fts_rank = rank
         return hits
+
+    def _fts_column(self, levels: tuple[str, ...]) -> str:
+        """The full-text column of the caller's clearance: the highest of its levels (each level may read the
+        ones below it). The prefilter still narrows the rows to exactly `levels`."""
+        clearance = max(levels, key=ACCESS_LEVELS.index)
+        column = FTS_COLUMNS.get(clearance)
+        if column is None or column not in self._columns:
+            raise PipelineError(
+                f"the published index {self.pointer.table} has no full-text column for access level {clearance!r} "
+                "(it predates full-text statistics per access level): run `make embed`, which rebuilds it from "
+                "the vector cache"
+            )
+        return column
 
     def _query_embedder(self) -> Embedder:
         """The model that built the live index, checked by fingerprint: vectors of another model
@@ -251,6 +285,10 @@ class Retriever:
                 f"{self.pointer.table} ({self.pointer.model['id']})"
             )
         return self._embedder
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _hits(rows: pa.Table, scores: list[float]) -> list[Hit]:
@@ -299,15 +337,18 @@ def _best_per_document(hits: list[Hit]) -> list[Hit]:
 
 
 def render(result: SearchResult) -> str:
-    from rich.console import Console
+    """The hits as a table for a terminal. Everything in it but the layout is data (a document's text can
+    hold `[/]`, `[red]` or `:x:`), so it is shown as the text it is, never as markup; `--json` does not
+    come through here."""
     from rich.table import Table
 
     unit = "documents" if result.per_document else "chunks"
-    console = Console(width=160, file=io.StringIO())
+    console = text_console(160)
     console.print(
-        f"{result.mode} search, top {result.k} {unit} ({result.index_table} v{result.index_version}; "
-        f"access {', '.join(result.access_levels)}; filters: {result.filters})",
-        markup=False,
+        terminal_safe(
+            f"{result.mode} search, top {result.k} {unit} ({result.index_table} v{result.index_version}; "
+            f"access {', '.join(result.access_levels)}; filters: {result.filters})"
+        )
     )
     table = Table()
     for column, justify in (("#", "right"), ("score", "right"), ("doc", "left"), ("section", "left"), ("text", "left")):
@@ -317,9 +358,9 @@ def render(result: SearchResult) -> str:
         table.add_row(
             str(hit.rank),
             f"{hit.score:.4f}",
-            f"{hit.doc_id}\n{hit.metadata['doc_type']}, {hit.metadata['access_level']}",
-            hit.heading_path,
-            snippet[:160] + ("…" if len(snippet) > 160 else ""),
+            terminal_safe(f"{hit.doc_id}\n{hit.metadata['doc_type']}, {hit.metadata['access_level']}"),
+            terminal_safe(hit.heading_path),
+            terminal_safe(snippet[:160] + ("…" if len(snippet) > 160 else "")),
         )
-    console.print(table if result.hits else f"no {unit} found for {result.query!r}")
+    console.print(table if result.hits else terminal_safe(f"no {unit} found for {result.query!r}"))
     return console.file.getvalue().rstrip()

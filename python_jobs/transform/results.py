@@ -30,6 +30,15 @@ from python_jobs.common.warehouse import connect
 
 RECORDED_COMMANDS = frozenset({"build", "run", "test", "seed", "snapshot", "source"})
 FAILING_ROWS_SAMPLE = 5  # rows of a failing test's stored failures kept with its result
+# A sensitive test's failing rows are personal data by construction (a no_pii failure is a row holding an
+# email address): the sample kept with its result, which the ops marts, alerts, the webhook and the
+# dashboard copy, shows each of its columns masked but the ones that say which row it is and why it failed.
+# The failing-rows table in the warehouse keeps the rows themselves. A test is sensitive when it is one of
+# these generic tests or has `meta: {sensitive: true}`; `meta: {sample_columns: [...]}` names the columns
+# it may show unmasked.
+SENSITIVE_TESTS = frozenset({"no_pii"})
+SAMPLE_COLUMNS = {"no_pii": ("chunk_id", "doc_id", "pii_kind", "pii_action")}
+MASK = "[masked]"
 # The artifacts of the last command that ran tests are kept aside in target/last_build/: `dbt show`
 # and `dbt docs generate` overwrite target/run_results.json, and the index's quality gate reads them.
 TESTING_COMMANDS = frozenset({"build", "test"})
@@ -165,7 +174,7 @@ def capture(warehouse: Path, ops_schema: str, target_dir: Path, run: Invocation)
 
     with connect(warehouse) as con:
         for row in nodes:
-            row["failing_rows_sample"] = _failing_rows_sample(con, row)
+            row["failing_rows_sample"] = _failing_rows_sample(con, row, _sample_columns(owners.node(row["unique_id"])))
     statuses = [r["status"] for r in nodes + freshness]
     invocation = {
         "invocation_id": invocation_id,
@@ -321,7 +330,20 @@ def _failing_rows_relation(result: Mapping[str, Any], node: Mapping[str, Any]) -
     return result.get("relation_name") or node.get("relation_name")
 
 
-def _failing_rows_sample(con, row: Mapping[str, Any]) -> str | None:
+def _sample_columns(node: Mapping[str, Any]) -> frozenset[str] | None:
+    """The columns a test's failing-rows sample may show as they are: None (all of them) unless the test is
+    sensitive (see SENSITIVE_TESTS)."""
+    config = node.get("config") or {}
+    meta = {**(node.get("meta") or {}), **(config.get("meta") or {})}
+    test = (node.get("test_metadata") or {}).get("name")
+    if not (meta.get("sensitive") or test in SENSITIVE_TESTS):
+        return None
+    shown = meta.get("sample_columns", SAMPLE_COLUMNS.get(test, ()))
+    return frozenset(str(name) for name in shown) if isinstance(shown, list | tuple) else frozenset()
+
+
+def _failing_rows_sample(con, row: Mapping[str, Any], shown: frozenset[str] | None = None) -> str | None:
+    """A few of the test's stored failing rows as JSON; with `shown`, every other column's value masked."""
     relation = row.get("failing_rows_relation")
     if not relation:
         return None
@@ -330,7 +352,10 @@ def _failing_rows_sample(con, row: Mapping[str, Any]) -> str | None:
     except Exception:  # the table is dropped or renamed since: the result keeps its name
         return None
     names = [d[0] for d in cursor.description]
-    return json.dumps([dict(zip(names, values, strict=True)) for values in cursor.fetchall()], default=str)
+    rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+    if shown is not None:
+        rows = [{name: value if name in shown else MASK for name, value in r.items()} for r in rows]
+    return json.dumps(rows, default=str)
 
 
 def _log_events(log_file: Path, offset: int, pid: int) -> Iterator[dict[str, Any]]:

@@ -176,6 +176,7 @@ PYTHON_MODELS = {
     "int_documents_normalized": "models/intermediate/_intermediate__models.yml",
     "chunking_settings": "models/marts/retrieval/_retrieval__models.yml",
     "document_chunks": "models/marts/retrieval/_retrieval__models.yml",
+    "prompt_versions": "models/marts/ops/_serving__models.yml",
 }
 
 

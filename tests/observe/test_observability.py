@@ -330,7 +330,7 @@ def test_every_sql_diagnosis_in_the_runbook_runs(bad_key_world):
 # --- the dashboard in a real browser -------------------------------------------------------------
 
 CHROMIUM = Path(os.environ.get("RP_CHROMIUM", "/usr/bin/chromium"))
-SECTIONS = ("attention", "alerts", "freshness", "quality", "tests", "volume", "cost")
+SECTIONS = ("attention", "alerts", "freshness", "quality", "serving", "tests", "volume", "cost")
 
 
 def test_dashboard_renders_in_headless_chromium_with_the_failure_first(bad_key_world, tmp_path):

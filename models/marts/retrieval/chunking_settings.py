@@ -20,6 +20,8 @@ def model(dbt, session):
             "chunk_target_tokens": dbt.config.get("chunk_target_tokens"),
             "chunk_overlap_tokens": dbt.config.get("chunk_overlap_tokens"),
             "shared_section_headings": dbt.config.get("shared_section_headings"),
+            "max_chunk_characters": dbt.config.get("max_chunk_characters"),
+            "pii_policy": dbt.config.get("pii_policy"),
         }
     )
     return pa.Table.from_pylist([chunking_settings(retrieval)])

@@ -15,7 +15,13 @@ from python_jobs.common.settings import RetrievalSettings
 
 
 def model(dbt, session):
-    dbt.config(materialized="incremental", incremental_strategy="delete+insert", unique_key="doc_id")
+    # A column added to the chunk schema (python_jobs/chunk/schema.py) is added to a table built before it.
+    dbt.config(
+        materialized="incremental",
+        incremental_strategy="delete+insert",
+        unique_key="doc_id",
+        on_schema_change="append_new_columns",
+    )
     failpoint("dbt_document_chunks")  # tests kill dbt here to prove its finished nodes are still recorded
     settings = dbt.ref("chunking_settings").to_arrow_table().to_pylist()[0]
     config_hash = settings["chunking_config_hash"]
