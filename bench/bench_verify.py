@@ -33,56 +33,19 @@ import click
 import duckdb
 import numpy as np
 import pyarrow as pa
+from bench_embed import CHUNKS_PER_DOC
+from bench_embed import chunk_rows_sql as document_rows_sql
 from bench_warehouse import BIN, timed
 
 from python_jobs.common.settings import ENV_DBT_TARGET_PATH, ENV_DUCKDB_PATH, ENV_INDEX_DIR, ENV_LANDING_DIR, Settings
 
-CHUNKS_PER_DOC = 13  # as the real chunker cuts the generated corpus, on average
 WRITE_ROWS = 100_000  # index rows generated and written at a time
-FILLER = (
-    "The appliance ships with a quick start card, a warranty leaflet and the accessories listed on the box. "
-    "Before first use, rinse removable parts in warm soapy water, dry them fully and run one cycle empty. "
-    "If the display shows an error code, unplug the unit for thirty seconds and restart it; when the code "
-    "comes back, contact support with the model number printed under the base and your order number ready."
-)
 
 
 def chunk_rows_sql(chunks: int) -> str:
-    """document_chunks rows, each text ~450 characters; content_hash computed as the chunker computes it
-    (md5 of the embedding text with its whitespace runs collapsed: the heading path, a space, the text)."""
-    return f"""
-        with numbered as (
-            select i, i // {CHUNKS_PER_DOC} as d, i % {CHUNKS_PER_DOC} as c from range({chunks}) t(i)
-        ),
-        texts as (
-            select *,
-                'doc-' || lpad(d::varchar, 7, '0') as doc_id,
-                'Guide ' || d || ' > Section ' || (c // 3) as heading_path,
-                'Passage ' || d || '.' || c || ' ' || md5(i::varchar) || '. {FILLER}' as text
-            from numbered
-        )
-        select
-            doc_id || ':' || substr(md5(doc_id || (c // 3)), 1, 10) || ':' || lpad((c % 3)::varchar, 3, '0')
-                as chunk_id,
-            doc_id,
-            c::integer as chunk_index,
-            substr(md5(doc_id || (c // 3)), 1, 10) as section_id,
-            heading_path,
-            text,
-            heading_path || chr(10) || chr(10) || text as embedding_text,
-            (length(text) // 4 + 12)::integer as token_count,
-            md5(heading_path || ' ' || text) as content_hash,
-            'Guide ' || d as doc_title,
-            ['manual', 'faq', 'policy', 'troubleshooting', 'guide'][1 + d % 5] as doc_type,
-            'SKU-' || (d % 5000) as product_sku,
-            'Category ' || (d % 12) as category,
-            ['public', 'public', 'internal', 'confidential'][1 + d % 4] as access_level,
-            'team-' || (d % 7) as owner,
-            timestamp '2026-01-01' + to_seconds(d) as source_updated_at,
-            md5(doc_id) as document_fingerprint,
-            'bench' as chunking_config_hash
-        from texts
-    """
+    """Exactly `chunks` document_chunks rows, generated as the embedding benchmark generates them."""
+    docs = chunks // CHUNKS_PER_DOC[0] + 1  # more documents than needed, cut to the row count
+    return f"select * from ({document_rows_sql(0, docs)}) limit {chunks}"
 
 
 def generate(settings: Settings, chunks: int) -> dict:

@@ -5,16 +5,19 @@ run the real jobs and dbt in a workspace. The fixtures that build shared worlds 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pprint
 import random
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import duckdb
@@ -263,3 +266,29 @@ To descale the Brightwater kettle with citric acid, dissolve two tablespoons of 
 one litre of water, heat it to 175F, and let the descaling solution soak for twenty minutes.
 Repair desk only: kettles returned for descaling under the goodwill program get a free base.
 """
+
+
+class Webhook:
+    """A local receiver on 127.0.0.1 that keeps every alert body POSTed to it (`bodies`, as text;
+    `received`, parsed)."""
+
+    def __init__(self) -> None:
+        bodies: list[str] = []
+        self.bodies = bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(self.rfile.read(int(self.headers["Content-Length"])).decode("utf-8"))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def received(self) -> list:
+        return [json.loads(body) for body in self.bodies]

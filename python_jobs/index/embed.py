@@ -164,7 +164,7 @@ def _run(
         source = read_chunk_source(con)
         # Before the model loads: the gate reads the table this connection plans from, so no dbt run can
         # change it in between (DuckDB allows one writer, and this reader blocks it).
-        _check_quality_gate(con, settings, options, summary)
+        gate = _check_quality_gate(con, settings, options, summary)
         summary.chunking_config_hash = source.chunking_config_hash
         if source.embedding_model != settings.retrieval.embedding_model:
             summary.warnings.append(
@@ -178,7 +178,7 @@ def _run(
         summary.model = asdict(model) | {"id": model.id}
 
         target = index_table_name(model)
-        signature, rows = chunk_signature(con, model)
+        signature, rows = chunk_signature(model, gate), gate.row_count
         live = index.live()
         if (
             options.shortcut
@@ -337,16 +337,19 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _check_quality_gate(con, settings: Settings, options: EmbedOptions, summary: EmbedSummary) -> None:
+def _check_quality_gate(
+    con, settings: Settings, options: EmbedOptions, summary: EmbedSummary
+) -> quality_gate.GateResult:
     gate = quality_gate.check(con, CHUNKS_RELATION, settings.dbt_target_dir)
     summary.quality_gate = gate.describe()
     if gate.passed:
-        return
+        return gate
     if options.force or options.dry_run:
         summary.quality_gate = f"failed: {gate.reason}" + (" (forced)" if options.force else "")
         summary.warnings.append("quality gate failed: " + "; ".join([gate.reason, *gate.failures]))
     else:
         quality_gate.require_passing(gate)
+    return gate
 
 
 def _checkpoint(settings: Settings, summary: EmbedSummary, started: datetime) -> None:

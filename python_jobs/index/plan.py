@@ -28,6 +28,7 @@ from python_jobs.chunk.schema import INDEXED_CHUNK_COLUMNS
 from python_jobs.common.errors import PipelineError
 from python_jobs.common.sqltext import sql_string
 from python_jobs.index.encoders import ModelFingerprint
+from python_jobs.index.gate import GateResult
 
 CHUNKS_RELATION = "knowledge.document_chunks"
 SETTINGS_RELATION = "knowledge.chunking_settings"
@@ -86,19 +87,14 @@ class EmbedPlan:
         return self.tokens_to_embed * price_per_million_tokens / 1_000_000
 
 
-def chunk_signature(con: duckdb.DuckDBPyConnection, model: ModelFingerprint) -> tuple[str, int]:
-    """A cheap fingerprint of the chunk table (every key, hash and metadata column) and its row count.
+def chunk_signature(model: ModelFingerprint, gate: GateResult) -> str:
+    """What the chunk table looked like, for this model: the quality gate's fingerprint of every row.
 
     Recorded when a run publishes; a run that finds the same signature (and the same model) has
-    nothing to do and stops before reading the index. DuckDB's hash() is fast but not promised
-    stable across releases: a different value only costs one full plan, never a wrong answer.
+    nothing to do and stops before reading the index. The gate has already read the table for
+    it, so the no-change check costs no second scan.
     """
-    columns = ", ".join(("chunk_id", "content_hash", *METADATA_COLUMNS))
-    rows, xor, total = con.execute(
-        f"select count(*), coalesce(bit_xor(h), 0), coalesce(sum(h), 0) "
-        f"from (select hash({columns}) as h from {CHUNKS_RELATION})"
-    ).fetchone()
-    return f"{model.id}:{rows}:{xor:x}:{total:x}", rows
+    return f"{model.id}:{gate.row_count}:{gate.fingerprint}"
 
 
 def bound_memory(con: duckdb.DuckDBPyConnection, spill_dir: Path, limit: str = "1GB") -> None:

@@ -24,11 +24,9 @@ embedding_text for the rows a caller cleared for that level may read and null fo
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +39,7 @@ import pyarrow.compute as pc
 
 from python_jobs.chunk.schema import INDEXED_CHUNK_COLUMNS
 from python_jobs.common.errors import ExitCode, PipelineError
+from python_jobs.common.locks import held
 from python_jobs.index.encoders import ModelFingerprint
 
 if TYPE_CHECKING:  # lancedb takes ~2 s to import: a run with nothing to do never imports it
@@ -271,36 +270,16 @@ class VectorIndex:
 
     # --- the run lock -----------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lock(self, wait_seconds: float = 0.0) -> Iterator[None]:
+    def lock(self, wait_seconds: float = 0.0) -> contextlib.AbstractContextManager[None]:
         """Hold the index for one embedding run; a second run waits up to `wait_seconds`, then gives up."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / LOCK_FILE
-        with path.open("a+", encoding="utf-8") as handle:
-            deadline = time.monotonic() + wait_seconds
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        handle.seek(0)
-                        holder = handle.read().strip() or "another process"
-                        raise IndexBusyError(
-                            f"index {self.directory} is being updated by another embedding run ({holder}). "
-                            "Wait for it to finish, or pass --wait SECONDS to queue behind it."
-                        ) from None
-                    time.sleep(0.2)
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}, started {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
-            handle.flush()
-            try:
-                yield
-            finally:
-                handle.seek(0)
-                handle.truncate()
-                fcntl.flock(handle, fcntl.LOCK_UN)
+
+        def busy(holder: str) -> IndexBusyError:
+            return IndexBusyError(
+                f"index {self.directory} is being updated by another embedding run ({holder}). "
+                "Wait for it to finish, or pass --wait SECONDS to queue behind it."
+            )
+
+        return held(self.directory / LOCK_FILE, busy, wait_seconds=wait_seconds)
 
 
 # Reading a whole table goes a batch at a time, so memory stays flat at any size.

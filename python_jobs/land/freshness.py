@@ -29,10 +29,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ import duckdb
 
 from python_jobs.common.errors import ExitCode, PipelineError
 from python_jobs.common.ledger import Ledger, record_run
+from python_jobs.common.locks import held
 from python_jobs.common.settings import Settings
 from python_jobs.common.warehouse import connect
 
@@ -83,32 +82,18 @@ def lock_path(settings: Settings) -> Path:
     return settings.warehouse_path.with_name(settings.warehouse_path.name + LOCK_SUFFIX)
 
 
-@contextlib.contextmanager
-def tracking_lock(settings: Settings, holder: str) -> Iterator[None]:
+def tracking_lock(settings: Settings, holder: str) -> contextlib.AbstractContextManager[None]:
     """Hold the workspace for one watcher or pipeline run (a lock file beside the warehouse), or raise
     WorkspaceBusyError naming the process that holds it. The lock goes with the process: kill -9 frees it."""
     path = lock_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            who = handle.read().strip() or "another process"
-            raise WorkspaceBusyError(
-                f"{who} is keeping this workspace fresh (warehouse {settings.warehouse_path}, lock {path}): one "
-                "watcher or pipeline run at a time. Stop it first (SIGTERM or Ctrl-C), or let it do the work."
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{holder} (pid {os.getpid()}, started {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC)")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def busy(who: str) -> WorkspaceBusyError:
+        return WorkspaceBusyError(
+            f"{who} is keeping this workspace fresh (warehouse {settings.warehouse_path}, lock {path}): one "
+            "watcher or pipeline run at a time. Stop it first (SIGTERM or Ctrl-C), or let it do the work."
+        )
+
+    return held(path, busy, holder)
 
 
 class FreshnessTracker:

@@ -240,8 +240,21 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         service.metrics.stage.labels("search", body.mode).observe(search_ms / 1000)
         return result, embed_ms, search_ms
 
-    def remember(query_id: str, key: ApiKey, result_rows: list[tuple[str, str]]) -> None:
-        service.recent.add(QueryRecord(query_id, key.name, tuple(result_rows)))
+    def answered(request: Request, query_id: str, key: ApiKey, served, body, returned, embed_ms, search_ms, **extra):
+        """Log a served request with what it returned (ranked chunks), and remember it for feedback."""
+        results = [{"rank": r.rank, "chunk_id": r.chunk_id, "doc_id": r.doc_id, "score": r.score} for r in returned]
+        log_query(
+            request,
+            200,
+            None,
+            index_table=served.table,
+            index_version=served.version,
+            results=json.dumps(results),
+            embed_ms=embed_ms if body.mode != "fts" else None,
+            search_ms=search_ms,
+            **extra,
+        )
+        service.recent.add(QueryRecord(query_id, key.name, tuple((r.chunk_id, r.doc_id) for r in returned)))
 
     # --- routes ---------------------------------------------------------------------------------
 
@@ -273,18 +286,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             for hit in result.hits
         ]
         total_ms = (time.perf_counter() - request.state.started) * 1000
-        results = [{"rank": h.rank, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score} for h in hits]
-        log_query(
-            request,
-            200,
-            None,
-            index_table=served.table,
-            index_version=served.version,
-            results=json.dumps(results),
-            embed_ms=embed_ms if body.mode != "fts" else None,
-            search_ms=search_ms,
-        )
-        remember(query_id, key, [(h.chunk_id, h.doc_id) for h in hits])
+        answered(request, query_id, key, served, body, hits, embed_ms, search_ms)
         return schemas.SearchResponse(
             query_id=query_id,
             index=schemas.IndexInfo(table=served.table, version=served.version),
@@ -337,21 +339,9 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         if after is None:
             raise budget_refusal(key, service.budget.state(key.name, daily).used, daily, context.tokens)
         total_ms = (time.perf_counter() - request.state.started) * 1000
-        results = [
-            {"rank": c.rank, "chunk_id": c.chunk_id, "doc_id": c.doc_id, "score": c.score} for c in context.citations
-        ]
-        log_query(
-            request,
-            200,
-            None,
-            index_table=served.table,
-            index_version=served.version,
-            context_tokens=context.tokens,
-            results=json.dumps(results),
-            embed_ms=embed_ms if body.mode != "fts" else None,
-            search_ms=search_ms,
+        answered(
+            request, query_id, key, served, body, context.citations, embed_ms, search_ms, context_tokens=context.tokens
         )
-        remember(query_id, key, [(c.chunk_id, c.doc_id) for c in context.citations])
         return schemas.ContextResponse(
             query_id=query_id,
             index=schemas.IndexInfo(table=served.table, version=served.version),

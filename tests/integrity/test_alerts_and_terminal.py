@@ -16,7 +16,6 @@ import socket
 import threading
 import time
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import duckdb
@@ -27,7 +26,7 @@ from python_jobs.common.settings import ENV_ALERT_WEBHOOK_URL, ENV_VARS, Setting
 from python_jobs.observe.alerts import Alert, send
 from python_jobs.transform import results as dbt_results
 from tests.integrity import test_index_integrity as index_promises
-from tests.worlds import Workspace
+from tests.worlds import Webhook, Workspace
 
 # The world item 10 reads is item 11's: the search world plus a confidential note hostile to a terminal.
 hostile_search_world = index_promises.hostile_search_world
@@ -54,26 +53,6 @@ Write to {PII_EMAIL} or call {PII_PHONE} and ask for the refunds desk.
 """
 # fts only and no gates: the pipeline stops at the build anyway.
 NO_GATES = "{eval: {modes: [fts], gates: []}}"
-
-
-class Webhook:
-    """A local receiver that keeps every alert body it is sent, as the bytes it got."""
-
-    def __init__(self) -> None:
-        bodies = self.bodies = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                bodies.append(self.rfile.read(int(self.headers["Content-Length"])).decode("utf-8"))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def test_pii_in_the_failing_rows_of_a_sensitive_test_is_masked_in_every_copy(world: Workspace):

@@ -12,9 +12,7 @@ import csv
 import json
 import os
 import signal
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ from python_jobs.index.store import VectorIndex
 from python_jobs.observe.alerts import read_alerts
 from python_jobs.transform import results as dbt_results
 from tests.conftest import shared_world
-from tests.worlds import PROJECT_DIR, Workspace
+from tests.worlds import PROJECT_DIR, Webhook, Workspace
 
 # fts only: the pipeline's eval needs no model load; the small world answers few seeded
 # questions, so the release gates are replaced by one the tests choose.
@@ -58,26 +56,6 @@ def ops_world(indexed_world: Workspace, shared_dir: Path) -> Workspace:
     ws = shared_world(shared_dir, "ops", build)
     ws.summary = json.loads((ws.root / "pipeline-summary.json").read_text(encoding="utf-8"))  # type: ignore[attr-defined]
     return ws
-
-
-class Webhook:
-    """A local HTTP server that records every alert POSTed to it."""
-
-    def __init__(self):
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture

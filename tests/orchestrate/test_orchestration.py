@@ -17,11 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -33,7 +31,7 @@ from python_jobs.orchestrate.definitions import build_definitions
 from python_jobs.orchestrate.keys import DASHBOARD, EVALUATION, INDEX
 from python_jobs.orchestrate.schedules import REPORT_JOB
 from tests.orchestrate.conftest import dagster_home, environment, run_env, run_record, run_selection
-from tests.worlds import KETTLE, PROJECT_DIR, Workspace, add_sample_doc
+from tests.worlds import KETTLE, PROJECT_DIR, Webhook, Workspace, add_sample_doc
 
 CHUNKS = dg.AssetKey(["knowledge", "document_chunks"])
 STG_DOCS = dg.AssetKey(["staging", "stg_docs__documents"])
@@ -41,26 +39,6 @@ CUSTOMERS = dg.AssetKey(["raw", "shop_customers"])
 DOCS = dg.AssetKey(["raw", "docs_documents"])
 DUPLICATED_DOC_TEST = "unique_stg_docs__documents_doc_id"
 NEW_DOC = "faq/faq-recycling-and-trade-in.md"
-
-
-class Webhook:
-    """A local HTTP server that records every alert POSTed to it."""
-
-    def __init__(self):
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture(scope="module")
