@@ -221,7 +221,9 @@ def test_every_var_dbt_reads_is_a_checked_setting():
     read = set()
     for path in [*(PROJECT_DIR / "models").rglob("*"), *(PROJECT_DIR / "macros").rglob("*")]:
         if path.suffix in (".sql", ".yml", ".py"):
-            for name, key in re.findall(r"var\(\s*'(\w+)'[^)]*\)(?:\['(\w+)'\])?", path.read_text(encoding="utf-8")):
+            for name, key in re.findall(
+                r"(?<!\w)var\(\s*'(\w+)'[^)]*\)(?:\['(\w+)'\])?", path.read_text(encoding="utf-8")
+            ):
                 read.add(f"{name}.{key}" if key else name)
     assert {"ops.weekly_budget_usd", "max_transaction_amount", "raw_schema"} <= read  # the pattern finds them
     assert read - keys == set()
