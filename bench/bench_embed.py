@@ -91,6 +91,7 @@ def chunk_rows_sql(first_doc: int, docs: int, salt: str = "") -> str:
                 as chunk_id,
             doc_id,
             c::integer as chunk_index,
+            c = 0 as first_chunk,
             substr(md5(doc_id || (c // 3)), 1, 10) as section_id,
             heading_path,
             text,
@@ -371,7 +372,7 @@ def _load_model(settings: Settings) -> float:
     from python_jobs.index.store import MODEL_CACHE_DIR
 
     started = time.perf_counter()
-    model_cache = settings.index_dir / MODEL_CACHE_DIR
+    model_cache = settings.index_dir.scratch / MODEL_CACHE_DIR
     load_embedder(settings.retrieval.embedding_model, settings.embedding, model_cache).encode(["warm up"])
     seconds = time.perf_counter() - started
     click.echo(f"  model load ({settings.embedding.backend}): {seconds:.1f} s", err=True)

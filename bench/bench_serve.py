@@ -391,7 +391,7 @@ def main(sample_index, chunks, duration, modes, concurrency, workdir, skip_large
     modes, concurrency = tuple(modes) or MODES, tuple(concurrency) or CONCURRENCY
     results = []
     if not skip_sample:
-        index = (sample_index or settings.index_dir).resolve()
+        index = Path(sample_index or settings.index_dir).resolve()
         if not (index / "live.json").is_file():
             raise click.ClickException(f"no published index in {index}: run `make demo` (or pass --sample-index)")
         results.append(bench_index("sample", index, workdir, duration, modes, concurrency))

@@ -110,7 +110,7 @@ def generate(settings: Settings, chunks: int) -> dict:
         "chunks": chunks,
         "warehouse_seconds": round(warehouse_seconds, 2),
         "index_seconds": round(time.perf_counter() - started - warehouse_seconds, 2),
-        "index_bytes": sum(f.stat().st_size for f in settings.index_dir.rglob("*") if f.is_file()),
+        "index_bytes": sum(f.stat().st_size for f in Path(settings.index_dir).rglob("*") if f.is_file()),
     }
 
 

@@ -7,14 +7,34 @@
     selected something else, or was killed between building the chunks and testing them,
     leaves a state no run has tested, and embed refuses it.
 
-    The fingerprint query is declared twice, here and in gate.py (FINGERPRINT_SQL); a test
-    holds them equal.
+    The fingerprint query is declared twice, here (duckdb__) and in gate.py (FINGERPRINT_SQL); a test
+    holds them equal. On another engine the certificate is still recorded, with a portable
+    fingerprint (default__): the gate that reads it would need that engine's query too.
 #}
 
 {% macro chunk_fingerprint_sql(relation) %}
+    {{- return(adapter.dispatch('chunk_fingerprint_sql')(relation)) -}}
+{% endmacro %}
+
+{% macro duckdb__chunk_fingerprint_sql(relation) %}
     {{- return(
         "select count(*) as row_count, "
         ~ "md5(coalesce(string_agg(md5(t::varchar), '' order by t.chunk_id), '')) as fingerprint "
+        ~ "from " ~ relation ~ " as t"
+    ) -}}
+{% endmacro %}
+
+{# Every column cast to text and joined (nulls as empty), hashed per row; the row hashes joined in chunk_id order, hashed. #}
+{% macro default__chunk_fingerprint_sql(relation) %}
+    {%- set fields = [] -%}
+    {%- for column in adapter.get_columns_in_relation(relation) -%}
+        {%- if not loop.first %}{% do fields.append("'|'") %}{% endif -%}
+        {%- do fields.append("coalesce(cast(t." ~ adapter.quote(column.name) ~ " as " ~ dbt.type_string() ~ "), '')") -%}
+    {%- endfor -%}
+    {%- set row_hash = dbt.hash(dbt.concat(fields)) -%}
+    {{- return(
+        "select count(*) as row_count, "
+        ~ dbt.hash("coalesce(" ~ dbt.listagg(row_hash, "''", "order by t.chunk_id") ~ ", '')") ~ " as fingerprint "
         ~ "from " ~ relation ~ " as t"
     ) -}}
 {% endmacro %}
@@ -31,10 +51,11 @@
                 {% do statuses.append({'unique_id': result.node.unique_id, 'status': result.status | string}) %}
             {% endfor %}
             {% do run_query("create schema if not exists audit") %}
+            {% set text, whole, moment = dbt.type_string(), dbt.type_bigint(), dbt.type_timestamp() %}
             {% do run_query(
                 "create table if not exists audit.chunk_certificates ("
-                ~ " invocation_id varchar, command varchar, relation_name varchar, row_count bigint,"
-                ~ " fingerprint varchar, results json, recorded_at timestamp)"
+                ~ " invocation_id " ~ text ~ ", command " ~ text ~ ", relation_name " ~ text ~ ", row_count " ~ whole
+                ~ ", fingerprint " ~ text ~ ", results " ~ text ~ ", recorded_at " ~ moment ~ ")"
             ) %}
             {% do run_query(
                 "insert into audit.chunk_certificates select '" ~ invocation_id ~ "', '"

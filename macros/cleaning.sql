@@ -14,7 +14,7 @@
 {%- endmacro %}
 
 {% macro default__parse_money(column) -%}
-    {{ dbt.safe_cast("nullif(regexp_replace(trim(" ~ column ~ "), '^[A-Z]{3} *| *[A-Z]{3}$|[$€£, ]', ''), '')", "decimal(12, 2)") }}
+    {{ dbt.safe_cast("nullif(" ~ replace_pattern("trim(" ~ column ~ ")", "^[A-Z]{3} *| *[A-Z]{3}$|[$€£, ]", "") ~ ", '')", "decimal(12, 2)") }}
 {%- endmacro %}
 
 {% macro duckdb__parse_money(column) -%}
@@ -56,11 +56,33 @@
 {%- endmacro %}
 
 {% macro default__digits_only(column) -%}
-    nullif(regexp_replace({{ column }}, '[^0-9]', ''), '')
+    nullif({{ replace_pattern(column, '[^0-9]', '') }}, '')
 {%- endmacro %}
 
 {% macro duckdb__digits_only(column) -%}
     nullif(regexp_replace({{ column }}, '[^0-9]', '', 'g'), '')
+{%- endmacro %}
+
+
+{#
+    Every match of a regular expression replaced. DuckDB and Postgres replace the first match unless
+    given the 'g' flag; Snowflake, BigQuery and Databricks replace every match and take no flags.
+    `pattern` and `replacement` are SQL string contents (quotes doubled by the caller).
+#}
+{% macro replace_pattern(column, pattern, replacement) -%}
+    {{ return(adapter.dispatch('replace_pattern')(column, pattern, replacement)) }}
+{%- endmacro %}
+
+{% macro default__replace_pattern(column, pattern, replacement) -%}
+    regexp_replace({{ column }}, '{{ pattern }}', '{{ replacement }}')
+{%- endmacro %}
+
+{% macro duckdb__replace_pattern(column, pattern, replacement) -%}
+    regexp_replace({{ column }}, '{{ pattern }}', '{{ replacement }}', 'g')
+{%- endmacro %}
+
+{% macro postgres__replace_pattern(column, pattern, replacement) -%}
+    regexp_replace({{ column }}, '{{ pattern }}', '{{ replacement }}', 'g')
 {%- endmacro %}
 
 

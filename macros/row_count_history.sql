@@ -6,10 +6,11 @@
 {% macro create_row_count_history() %}
     {% if execute %}
         {% do run_query("create schema if not exists audit") %}
+        {% set text, whole, moment = dbt.type_string(), dbt.type_bigint(), dbt.type_timestamp() %}
         {% do run_query(
             "create table if not exists audit.model_row_counts ("
-            ~ " invocation_id varchar, model_name varchar, relation_name varchar,"
-            ~ " row_count bigint, recorded_at timestamp)"
+            ~ " invocation_id " ~ text ~ ", model_name " ~ text ~ ", relation_name " ~ text
+            ~ ", row_count " ~ whole ~ ", recorded_at " ~ moment ~ ")"
         ) %}
     {% endif %}
     {{ return('') }}
@@ -21,7 +22,7 @@
         {% for result in results
             if result.node.resource_type == 'model'
             and result.status == 'success'
-            and result.node.config.materialized in ('table', 'incremental') %}
+            and result.node.config.materialized in ('table', 'incremental', 'external') %}
             {% do run_query(
                 "insert into audit.model_row_counts select '" ~ invocation_id ~ "', '"
                 ~ result.node.name ~ "', '" ~ result.node.relation_name | replace("'", "''") ~ "', count(*), "

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
+from tests.s3server import S3Server
 from tests.worlds import (
     EDITED_SECTION,
     INTERNAL_DOC,
@@ -51,6 +52,14 @@ def shared_world(shared_dir: Path, name: str, build: Callable[[Workspace], None]
             build(Workspace(folder / "ws"))
             (folder / BUILT_MARKER).touch()
     return Workspace(folder / "ws")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A local S3-compatible server (moto) on 127.0.0.1 with one empty bucket, one per worker and run.
+    Tests keep apart by prefix (`s3_server.uri(<unique prefix>)`)."""
+    with S3Server() as server:
+        yield server
 
 
 @pytest.fixture
@@ -161,7 +170,9 @@ MODULE_ORDER = (
     "orchestrate/test_orchestration.py",  # ~110 s, the indexed world: one Dagster run of the graph, dagster dev
     "watch/test_watch.py",  # ~100 s, the indexed world: a watcher process, dbt in process, one pipeline run
     "chunk/test_retrieval_dataset.py",  # ~70 s
+    "index/test_object_storage.py",  # ~50 s, the indexed and pending worlds: a moto server, one S3 embed, a kill -9
     "transform/test_warehouse_build.py",  # ~45 s
+    "transform/test_warehouse_targets.py",  # ~20 s, the built world: one dbt run on the s3 target
     "bench/test_generate_data.py",  # ~40 s
     "chunk/test_chunker.py",  # ~40 s
     "observe/test_serving_loop.py",  # ~35 s, the indexed world: one dbt build, eval, report

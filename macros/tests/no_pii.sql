@@ -19,7 +19,7 @@ with findings as (
         *,
         '{{ kind }}' as pii_kind
     from {{ model }}
-    where {{ matches_pattern("regexp_replace(" ~ column_name ~ ", '" ~ pii_link_pattern() ~ "', ' ', 'g')", pattern) }}
+    where {{ matches_pattern(replace_pattern(column_name, pii_link_pattern(), ' '), pattern) }}
     {% if not loop.last %}union all{% endif %}
     {% endfor %}
 

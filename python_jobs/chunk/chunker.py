@@ -1,10 +1,12 @@
 """Structure-aware, token-bounded, edit-stable chunking of markdown documents.
 
-A document is cut at its heading tree first (markdown_text.split_sections); only then is
-each section split, by semantic-text-splitter, into pieces that fit the embedding
-model's token budget. Because no chunk crosses a section boundary and chunk ids come
-from the section's identity plus the position inside it, an edit in one section
-leaves every other section's chunks (text, hash and id) exactly as they were.
+A document is cut at its heading tree first (markdown.split_sections); only then is each
+section cut into pieces that fit the embedding model's token budget, at gaps chosen from
+the text around each one (layout.py), so an edit inside a section changes the chunks that
+hold it and at most one neighbour on each side. No chunk crosses a section boundary, and a
+chunk's id is its section's identity plus a hash of its text (an occurrence number for a
+text repeated in the section), not its position: chunks after an insertion keep their ids,
+and an edit in one section leaves every other section's chunks exactly as they were.
 
 What the model sees (`embedding_text`) is the heading path, a blank line, then the
 chunk text; the bound on tokens covers that whole string including the model's
@@ -24,35 +26,35 @@ import itertools
 import json
 import multiprocessing
 import os
-import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from functools import cache, lru_cache
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import pyarrow as pa
-from semantic_text_splitter import MarkdownSplitter
 from tokenizers import Tokenizer
 
+from python_jobs.chunk.boilerplate import section_text_hash
+from python_jobs.chunk.layout import Bounds, Piece, TokenCounter, layout, spacing_for
 from python_jobs.chunk.markdown import Section, split_sections
 from python_jobs.chunk.model_files import ModelFiles, resolve_model
-from python_jobs.chunk.pii import Redacted, clip, count_in, find_pii, redact
+from python_jobs.chunk.pii import clip, count_in, find_pii, redact
 from python_jobs.chunk.schema import CHUNK_SCHEMA, DOCUMENT_COLUMNS, FINGERPRINT_COLUMNS
-from python_jobs.common.errors import ConfigError
+from python_jobs.common.errors import ConfigError, PipelineError
 from python_jobs.common.settings import PiiAction, PiiRule, RetrievalSettings, pii_action
 
-# Bump when the algorithm changes in a way that moves chunk boundaries.
-CHUNKER_VERSION = "1"
+# Bump when the algorithm changes in a way that moves chunk boundaries or changes chunk ids.
+CHUNKER_VERSION = "2"
 HEADING_SEPARATOR = " > "
-# Character capacity is aimed a little under the token target, so that few pieces of text
-# denser than their section's average overshoot it.
-CHARACTER_CAPACITY_MARGIN = 0.9
+# Hex digits of the hash of a chunk's text in its id.
+ID_DIGEST_LENGTH = 12
+# Counted sums this close to the model's limit are checked by encoding the text.
+EXACT_COUNT_MARGIN = 4
 # A heading path may use at most this share of the token and character budgets; the rest is for text.
 MAX_PREFIX_SHARE = 0.5
 DEFAULT_MAX_CHARACTERS = RetrievalSettings.model_fields["max_chunk_characters"].default
 DEFAULT_PII_POLICY: tuple[PiiRule, ...] = RetrievalSettings.model_fields["pii_policy"].default
-_WHITESPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -92,14 +94,16 @@ class Chunk:
     embedding_text: str
     token_count: int  # tokens of embedding_text as the model counts them, special tokens included
     content_hash: str
-    start: int  # character span of `text` in the document body (redacted: where it was cut from)
+    start: int  # character span of `text` in the document body (redacted: of the text it was made from)
     end: int
     pii_redactions: int = 0  # matches of personal data replaced in heading_path and text
+    forced_cut: bool = False  # it starts where the size bound forced a cut, not where the content chose one
 
 
 def content_hash(embedding_text: str) -> str:
     """Hash of the text the model sees, blind to unicode form and whitespace runs."""
-    normalized = _WHITESPACE.sub(" ", unicodedata.normalize("NFC", embedding_text)).strip()
+    text = embedding_text if embedding_text.isascii() else unicodedata.normalize("NFC", embedding_text)
+    normalized = " ".join(text.split())
     return hashlib.md5(normalized.encode("utf-8")).hexdigest()
 
 
@@ -134,94 +138,135 @@ class Chunker:
         config: ChunkingConfig,
         shared_section_headings: Iterable[str] = (),
         pii_policy: tuple[PiiRule, ...] = DEFAULT_PII_POLICY,
+        boilerplate: Iterable[str] = (),
     ):
         self.tokenizer = tokenizer
         self.config = config
         self.shared_headings = frozenset(h.casefold().strip() for h in shared_section_headings)
         self.pii_policy = pii_policy
+        # Text hashes (python_jobs.chunk.boilerplate.section_text_hash) of sections found in many documents.
+        self.boilerplate = frozenset(boilerplate)
 
     def pii_action(self, doc_type: str | None, access_level: str | None) -> PiiAction:
         """What `vars.retrieval.pii_policy` does with personal data in a document of this type and level."""
         return pii_action(self.pii_policy, doc_type, access_level)
 
+    @cached_property
+    def counter(self) -> TokenCounter:
+        """Counts tokens as the model's tokenizer does, each distinct word tokenized once (layout.py)."""
+        return TokenCounter(self.tokenizer)
+
     def count_tokens(self, texts: list[str]) -> list[int]:
-        """Tokens the model spends on each text, special tokens included."""
+        """Tokens the model spends on each text, special tokens included, by encoding it."""
         return [len(encoding.ids) for encoding in self.tokenizer.encode_batch_fast(texts)]
 
     def chunk(self, doc_id: str, title: str, body: str, redact_pii: bool = False) -> list[Chunk]:
         """The document's chunks. With `redact_pii`, each match of personal data in a heading path or a
         text becomes a placeholder ([EMAIL], ...) before the chunk is counted, bounded and hashed; the
-        sections, and so the chunk ids, are those of the document as written."""
+        sections and the cuts, and so the chunk ids, are those of the document as written."""
         # A body of headings alone still gets a chunk, so every document can be found.
         sections = split_sections(body, title) or [Section((), 0, body, 0)]
-        plans = [self._plan(doc_id, title, section, redact_pii) for section in sections]
-        # Tokenize in batches, a document at a time: one call per step instead of one per section.
-        whole_counts = self.count_tokens([plan.prefix + plan.section.text.strip() for plan in plans])
-        pieces = [self._pieces(plan, whole) for plan, whole in zip(plans, whole_counts, strict=True)]
-        flat = [
-            (plan, offset, text)
-            for plan, section_pieces in zip(plans, pieces, strict=True)
-            for offset, text in section_pieces
-        ]
-        if redact_pii:
-            # Matches are found in the whole body, so one a cut split in two is replaced in both pieces.
-            matches = find_pii(body)
-            texts = [
-                redact(text, clip(matches, plan.section.start + offset, plan.section.start + offset + len(text)))
-                for plan, offset, text in flat
-            ]
-        else:
-            texts = [Redacted(text, 0) for _, _, text in flat]
-        counts = self.count_tokens([plan.prefix + text.text for (plan, _, _), text in zip(flat, texts, strict=True)])
-
+        # Matches are found in the whole body, so one a cut splits in two is replaced on both sides.
+        matches = find_pii(body) if redact_pii else None
         chunks: list[Chunk] = []
-        positions: dict[str, int] = {}
-        for (plan, offset, _), text, tokens in zip(flat, texts, counts, strict=True):
-            for inner, piece, piece_tokens in self._fit(plan, text.text, tokens):
-                position = positions.get(plan.section_id, 0)
-                positions[plan.section_id] = position + 1
-                embedding_text = plan.prefix + piece
-                start = plan.section.start + offset + inner
+        for section in sections:
+            chunks.extend(self._section_chunks(doc_id, self._plan(doc_id, title, section, redact_pii), matches))
+        return chunks
+
+    def _section_chunks(self, doc_id: str, plan: _SectionPlan, matches: list | None) -> list[Chunk]:
+        """One section's chunks: cut where its content says (layout.py), each verified within both bounds."""
+        text, bounds = plan.section.text, self._bounds(plan)
+        chunks: list[Chunk] = []
+        occurrences: dict[str, int] = {}
+        # Counted sums are exact for the tokenizers the counter adds up; near the limit, they are checked.
+        trusted = self.counter.special_tokens + plan.prefix_tokens if self.counter.additive else None
+        for piece in layout(text, bounds, self.counter):
+            written = text[piece.start : piece.end]
+            placeholders: tuple[tuple[int, int], ...] = ()
+            if matches is not None:
+                offset = plan.section.start + piece.start
+                redacted = redact(written, clip(matches, offset, offset + len(written)))
+                parts = self._within_bounds(plan, bounds, redacted.text, self.counter.count(redacted.text))
+                placeholders = redacted.placeholders
+            elif trusted is not None and trusted + piece.tokens <= self.config.max_tokens - EXACT_COUNT_MARGIN:
+                parts = [(0, written, trusted + piece.tokens)]  # within both bounds by construction
+            else:
+                parts = self._within_bounds(plan, bounds, written, piece.tokens)
+            for inner, part, tokens in parts:
+                # The id is the section's and the text's as written, so it survives edits elsewhere (and a
+                # redacted chunk has the id it has unredacted).
+                if matches is None:
+                    key = written[inner : inner + len(part)]
+                else:
+                    key = written if len(parts) == 1 else f"{written}\x1f{inner}"
+                digest = hashlib.md5(key.encode("utf-8", "surrogatepass")).hexdigest()[:ID_DIGEST_LENGTH]
+                seen = occurrences.get(digest, 0)
+                occurrences[digest] = seen + 1
+                embedding_text = plan.prefix + part
+                start = plan.section.start + piece.start + min(inner, len(written))
+                # A redacted piece spans the text it was redacted from; a part of one, about where it was.
+                end = plan.section.start + piece.end if len(parts) == 1 else start + len(part)
+                redactions = count_in(placeholders, inner, inner + len(part)) if placeholders else 0
                 chunks.append(
                     Chunk(
-                        chunk_id=f"{doc_id}:{plan.section_id}:{position:03d}",
+                        chunk_id=f"{doc_id}:{plan.section_id}:{digest}" + (f".{seen}" if seen else ""),
                         section_id=plan.section_id,
-                        position=position,
+                        position=len(chunks),
                         heading_path=plan.heading_path,
-                        text=piece,
+                        text=part,
                         embedding_text=embedding_text,
-                        token_count=piece_tokens,
+                        token_count=tokens,
                         content_hash=content_hash(embedding_text),
                         start=start,
-                        end=start + len(piece),
-                        pii_redactions=plan.path_redactions + count_in(text.placeholders, inner, inner + len(piece)),
+                        end=end,
+                        pii_redactions=plan.path_redactions + redactions,
+                        forced_cut=piece.forced or inner > 0,
                     )
                 )
         return chunks
 
-    def _fit(self, plan: _SectionPlan, text: str, tokens: int) -> list[tuple[int, str, int]]:
-        """`text` (of `tokens` tokens with the prefix) in pieces within both bounds, as (offset in `text`,
-        piece, tokens). Almost always the text as it is; over the model's limit, it is split finer by
-        tokens, counted exactly; over the character bound (text the tokenizer reads as few tokens), cut
-        by characters, each cut counted and split by tokens in turn if need be."""
-        if tokens <= self.config.max_tokens and len(text) <= plan.characters:
-            return [(0, text, tokens)]
-        if tokens > self.config.max_tokens:
-            excess = tokens - self.config.max_tokens
-            parts = list(self._split_by_tokens(text, plan.prefix, plan.budget - excess))
-        else:
-            cuts = _cut_by_characters(text, plan.characters)
-            counts = self.count_tokens([plan.prefix + cut for _, cut in cuts])
-            parts = [(offset, cut, n) for (offset, cut), n in zip(cuts, counts, strict=True)]
+    def _bounds(self, plan: _SectionPlan) -> Bounds:
+        """The section's limits for its text alone: the model's limit less special tokens and prefix, the
+        character bound less the prefix, the boundary spacing from the target, and the overlap."""
+        specials = self.counter.special_tokens
+        limit = self.config.max_tokens - specials - plan.prefix_tokens
+        target = max(1, plan.budget - specials)
+        overlap = min(self.config.overlap_tokens, max(0, target // 2 - 1))
+        return Bounds(limit, plan.characters, spacing_for(target, limit), overlap)
+
+    def _within_bounds(self, plan: _SectionPlan, bounds: Bounds, text: str, tokens: int) -> list[tuple[int, str, int]]:
+        """`text` (`tokens` without special tokens and prefix, as counted) as (offset, part, exact tokens with
+        both) parts within the model's limit and the character bound. Counted sums are exact for the
+        tokenizers the counter adds up; near the limit, or for any other tokenizer, the count is made by
+        encoding. Over a bound (a redacted text grew, another tokenizer's words did not add up), the text
+        is cut again with bounds tightened by the excess."""
+        limit = self.config.max_tokens
+        total = self.counter.special_tokens + plan.prefix_tokens + tokens
+        if not self.counter.additive or total > limit - EXACT_COUNT_MARGIN:
+            total = len(self.tokenizer.encode(plan.prefix + text).ids)
+        if total <= limit and len(text) <= bounds.characters:
+            return [(0, text, total)]
+        tighter, pieces = bounds, [Piece(0, len(text), tokens)]
+        while len(pieces) == 1:  # tighten by the excess until the text comes apart (once, as a rule)
+            if tighter.tokens <= 1:
+                raise PipelineError(f"cannot cut {text[:60]!r} into pieces of at most {limit} tokens")
+            excess = max(1, total - limit)
+            tighter = replace(tighter, tokens=max(1, min(tighter.tokens, pieces[0].tokens) - excess), overlap=0)
+            pieces = layout(text, tighter, self.counter)
         return [
-            (offset + inner, piece, n)
-            for offset, part, tokens in parts
-            for inner, piece, n in self._fit(plan, part, tokens)
+            (piece.start + inner, part, n)
+            for piece in pieces
+            for inner, part, n in self._within_bounds(plan, tighter, text[piece.start : piece.end], piece.tokens)
         ]
 
     def _plan(self, doc_id: str, title: str, section: Section, redact_pii: bool = False) -> _SectionPlan:
         heading_path = HEADING_SEPARATOR.join((title, *section.headings)) if title else section.key
-        shared = bool(section.headings) and section.headings[-1].casefold().strip() in self.shared_headings
+        # Boilerplate (a heading in shared_section_headings, or a text found in many documents) is embedded
+        # under its own headings only: the same text in every document is then one text, embedded once.
+        shared = bool(section.headings) and (
+            section.headings[-1].casefold().strip() in self.shared_headings
+            or (bool(self.boilerplate) and section_text_hash(section.text) in self.boilerplate)
+        )
         seen_path = section.key if shared else heading_path
         path_redactions = 0
         if redact_pii:
@@ -247,6 +292,8 @@ class Chunker:
         limit = int(self.config.max_tokens * MAX_PREFIX_SHARE)
         character_limit = int(self.config.max_characters * MAX_PREFIX_SHARE)
         path = heading_path if len(heading_path) + 2 <= character_limit else heading_path[: character_limit - 4]
+        if path == heading_path and (tokens := self.counter.count(path + "\n\n")) <= limit:
+            return heading_path + "\n\n", tokens  # as a rule: counted from cached words, not encoded
         encoding = self.tokenizer.encode(path + "\n\n", add_special_tokens=False)
         if path == heading_path and len(encoding.ids) <= limit:
             return heading_path + "\n\n", len(encoding.ids)
@@ -254,81 +301,6 @@ class Chunker:
             path = path[: encoding.offsets[limit - 2][1]]
         prefix = path.rstrip() + " …\n\n"
         return prefix, len(self.tokenizer.encode(prefix, add_special_tokens=False).ids)
-
-    def _pieces(self, plan: _SectionPlan, whole_tokens: int) -> list[tuple[int, str]]:
-        """The section's text cut into pieces of about the target size, with their offsets.
-
-        semantic-text-splitter sized by the tokenizer re-tokenizes candidate chunks over and
-        over (measured ~150x slower than sizing by characters), so the section is split by
-        characters at this section's own characters-per-token rate; the caller then counts
-        every piece exactly and re-splits by tokens the rare piece over the model's limit.
-        """
-        text = plan.section.text
-        stripped = text.strip()
-        if not stripped:
-            return []
-        if whole_tokens <= plan.prefix_tokens + plan.budget:
-            return [(len(text) - len(text.lstrip()), stripped)]
-        chars_per_token = len(stripped) / max(1, whole_tokens - plan.prefix_tokens)
-        capacity = max(1, int(plan.budget * chars_per_token * CHARACTER_CAPACITY_MARGIN))
-        overlap = int(self._overlap(plan.budget) * chars_per_token * CHARACTER_CAPACITY_MARGIN)
-        return _character_splitter(capacity, overlap).chunk_indices(text)
-
-    def _split_by_tokens(self, text: str, prefix: str, budget: int) -> Iterator[tuple[int, str, int]]:
-        pieces = _token_splitter(self.tokenizer, max(1, budget), self._overlap(budget)).chunk_indices(text)
-        counts = self.count_tokens([prefix + piece for _, piece in pieces])
-        for (offset, piece), tokens in zip(pieces, counts, strict=True):
-            if tokens <= self.config.max_tokens:
-                yield offset, piece, tokens
-            else:  # tokens do not always add up across the join
-                for inner, part, n in self._split_by_tokens(piece, prefix, budget - (tokens - self.config.max_tokens)):
-                    yield offset + inner, part, n
-
-    def _overlap(self, budget: int) -> int:
-        return min(self.config.overlap_tokens, max(0, budget // 2 - 1))
-
-
-@cache
-def _token_splitter(tokenizer: Tokenizer, capacity: int, overlap: int) -> MarkdownSplitter:
-    return MarkdownSplitter.from_huggingface_tokenizer(tokenizer, capacity, overlap=overlap)
-
-
-@lru_cache(maxsize=4096)
-def _character_splitter(capacity: int, overlap: int) -> MarkdownSplitter:
-    return MarkdownSplitter(capacity, overlap=overlap)
-
-
-def _cut_by_characters(text: str, limit: int) -> list[tuple[int, str]]:
-    """`text` in pieces of at most `limit` characters, with their offsets: each cut at the last space or
-    line break in the second half of its window, or mid-word where there is none (never between a
-    character and its combining marks). Whitespace at the cuts is dropped.
-
-    Only text the tokenizer reads as few tokens for its length gets here (a long unbroken string), and
-    it may be megabytes: semantic-text-splitter, by characters, takes minutes on such text.
-    """
-    pieces: list[tuple[int, str]] = []
-    position, length = 0, len(text)
-    while True:
-        while position < length and text[position].isspace():
-            position += 1
-        if position >= length:
-            return pieces
-        end = position + limit
-        if end >= length:
-            cut = length
-        else:
-            window = text[position:end]
-            found = max(window.rfind(separator, limit // 2) for separator in ("\n", " "))
-            cut = position + found if found > 0 else end
-            while found <= 0 and cut > position + 1 and _joined(text, cut):
-                cut -= 1
-        pieces.append((position, text[position:cut].rstrip()))
-        position = cut
-
-
-def _joined(text: str, index: int) -> bool:
-    """Whether text[index] belongs with the character before it (a combining mark, or a joiner)."""
-    return unicodedata.category(text[index]).startswith("M") or "\u200d" in text[index - 1 : index + 1]
 
 
 def _model_and_config(retrieval: RetrievalSettings) -> tuple[ModelFiles, ChunkingConfig]:
@@ -341,10 +313,11 @@ def _model_and_config(retrieval: RetrievalSettings) -> tuple[ModelFiles, Chunkin
     )
 
 
-def build_chunker(retrieval: RetrievalSettings) -> Chunker:
-    """The chunker for these settings; raises ConfigError naming a bad setting."""
+def build_chunker(retrieval: RetrievalSettings, boilerplate: Iterable[str] = ()) -> Chunker:
+    """The chunker for these settings and these boilerplate text hashes (the `boilerplate_sections` model);
+    raises ConfigError naming a bad setting."""
     model, config = _model_and_config(retrieval)
-    return Chunker(model.tokenizer(), config, retrieval.shared_section_headings, retrieval.pii_policy)
+    return Chunker(model.tokenizer(), config, retrieval.shared_section_headings, retrieval.pii_policy, boilerplate)
 
 
 def chunking_settings(retrieval: RetrievalSettings) -> dict:
@@ -362,12 +335,18 @@ def chunking_settings(retrieval: RetrievalSettings) -> dict:
         "pii_policy": json.dumps([rule.model_dump(exclude_none=True) for rule in retrieval.pii_policy]),
     }
     settings["chunking_config_hash"] = hashlib.md5(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    # Not in the hash: a change re-chunks only the documents whose boilerplate sections it changes (their
+    # fingerprints say so), not every document.
+    settings["boilerplate_min_docs"] = retrieval.boilerplate_min_docs
     return settings
 
 
 def document_fingerprint(document: dict) -> str:
-    """Changes when anything copied onto the document's chunks changes."""
-    values = [str(document.get(column)) for column in FINGERPRINT_COLUMNS]
+    """Changes when anything copied onto the document's chunks changes, or the set of its sections that are
+    boilerplate (`boilerplate_sections`: text hashes, python_jobs/chunk/boilerplate.py) does."""
+    values: list = [str(document.get(column)) for column in FINGERPRINT_COLUMNS]
+    if boilerplate := document.get("boilerplate_sections"):
+        values.append(sorted(boilerplate))
     return hashlib.md5(json.dumps(values).encode("utf-8")).hexdigest()
 
 
@@ -384,6 +363,7 @@ def chunk_documents(chunker: Chunker, documents: Iterable[dict], config_hash: st
                 "chunk_id": chunk.chunk_id,
                 "doc_id": document["doc_id"],
                 "chunk_index": index,
+                "first_chunk": index == 0,
                 "section_id": chunk.section_id,
                 "heading_path": chunk.heading_path,
                 "text": chunk.text,
@@ -406,8 +386,10 @@ def chunk_table(
     config_hash: str,
     workers: int | None = None,
     progress: Callable[[int], object] | None = None,
+    boilerplate: Iterable[str] = (),
 ) -> pa.Table:
-    """The chunk table, as Arrow, for documents given as dicts of `documents` mart columns.
+    """The chunk table, as Arrow, for documents given as dicts of `documents` mart columns (and their
+    `boilerplate_sections`), with the corpus's `boilerplate` text hashes.
 
     Large inputs (or any, given `workers`) are chunked by a pool of worker processes, one
     per core, in batches whose order is kept, so the table is the same as a single process
@@ -417,13 +399,14 @@ def chunk_table(
         workers = (os.cpu_count() or 1) if len(documents) >= PARALLEL_MIN_DOCUMENTS else 1
     batches = [documents[i : i + DOCUMENTS_PER_TASK] for i in range(0, len(documents), DOCUMENTS_PER_TASK)]
     if workers <= 1 or len(batches) <= 1:
-        chunker = build_chunker(retrieval)
+        chunker = build_chunker(retrieval, boilerplate)
         outputs: Iterable[pa.RecordBatch] = (_chunk_batch(batch, config_hash, chunker) for batch in batches)
         results = _with_progress(outputs, batches, progress)
     else:
         # spawn, not fork: dbt runs models in threads, and forking a threaded process is unsafe.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(retrieval,)) as pool:
+        start = {"initializer": _start_worker, "initargs": (retrieval, frozenset(boilerplate))}
+        with ProcessPoolExecutor(workers, mp_context=context, **start) as pool:
             outputs = pool.map(_chunk_batch, batches, itertools.repeat(config_hash))
             results = _with_progress(outputs, batches, progress)
     return pa.Table.from_batches(results, schema=CHUNK_SCHEMA) if results else CHUNK_SCHEMA.empty_table()
@@ -446,11 +429,11 @@ DOCUMENTS_PER_TASK = 200
 _worker_chunker: Chunker | None = None
 
 
-def _start_worker(retrieval: RetrievalSettings) -> None:
+def _start_worker(retrieval: RetrievalSettings, boilerplate: frozenset[str] = frozenset()) -> None:
     global _worker_chunker
     # One process per core already: the tokenizer's own thread pool would only oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _worker_chunker = build_chunker(retrieval)
+    _worker_chunker = build_chunker(retrieval, boilerplate)
 
 
 def _chunk_batch(documents: list[dict], config_hash: str, chunker: Chunker | None = None) -> pa.RecordBatch:

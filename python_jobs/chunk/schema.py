@@ -18,6 +18,7 @@ CHUNK_SCHEMA = pa.schema(
         ("chunk_id", pa.string()),
         ("doc_id", pa.string()),
         ("chunk_index", pa.int32()),
+        ("first_chunk", pa.bool_()),
         ("section_id", pa.string()),
         ("heading_path", pa.string()),
         ("text", pa.string()),
@@ -37,8 +38,11 @@ CHUNK_SCHEMA = pa.schema(
 )
 
 # The build's own: document_fingerprint decides which documents dbt re-chunks, the PII columns are for the
-# no_pii test and the run summaries. None is copied to the index.
-BUILD_ONLY_COLUMNS = frozenset({"document_fingerprint", "pii_action", "pii_redactions"})
+# no_pii test and the run summaries, and chunk_index orders a document's chunks for a reader. None is copied
+# to the index: a row there is rewritten when a column it holds changes, and a chunk's position changes for
+# every chunk after an insertion, where its text and id do not (docs/embedding.md). The index keeps only
+# first_chunk, which changes for the chunk that becomes or stops being its document's first.
+BUILD_ONLY_COLUMNS = frozenset({"document_fingerprint", "pii_action", "pii_redactions", "chunk_index"})
 # What a chunk row of the index carries besides its vector and how it was made.
 INDEXED_CHUNK_COLUMNS: dict[str, pa.DataType] = {
     field.name: field.type for field in CHUNK_SCHEMA if field.name not in BUILD_ONLY_COLUMNS
@@ -49,7 +53,12 @@ INDEXED_CHUNK_COLUMNS: dict[str, pa.DataType] = {
 # every document without reading their text.
 FINGERPRINT_COLUMNS = ("doc_id", "content_hash", "title", "updated_at", *DOCUMENT_COLUMNS)
 
-DUCKDB_TYPES = {pa.string(): "varchar", pa.int32(): "integer", pa.timestamp("us"): "timestamp"}
+DUCKDB_TYPES = {
+    pa.string(): "varchar",
+    pa.int32(): "integer",
+    pa.bool_(): "boolean",
+    pa.timestamp("us"): "timestamp",
+}
 
 
 def duckdb_type(kind: pa.DataType) -> str:

@@ -45,6 +45,13 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from python_jobs.common.errors import ConfigError
+from python_jobs.common.locations import (
+    FrozenOptions,
+    IndexLocation,
+    index_uri_problem,
+    parse_index_location,
+    secret_option,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -52,8 +59,11 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 ENV_LANDING_DIR = "RP_LANDING_DIR"
 ENV_DUCKDB_PATH = "RP_DUCKDB_PATH"
 ENV_INDEX_DIR = "RP_INDEX_DIR"
+ENV_INDEX_SCRATCH_DIR = "RP_INDEX_SCRATCH_DIR"  # local scratch of an index on object storage (docs/object-storage.md)
 ENV_DBT_TARGET_PATH = "DBT_TARGET_PATH"  # dbt's own: where it writes its artifacts
 ENV_DBT_LOG_PATH = "DBT_LOG_PATH"  # dbt's own: where it writes dbt.log
+ENV_DBT_TARGET = "DBT_TARGET"  # dbt's own: the profiles.yml target (dev, s3, motherduck); `make ... TARGET=s3`
+ENV_WAREHOUSE_URI = "RP_WAREHOUSE_URI"  # the `s3` target's external_root: where its marts are written as Parquet
 ENV_VARS = "RP_VARS"  # YAML mapping merged over vars, like `dbt --vars`, for the Python jobs
 ENV_ALERTS_FILE = "RP_ALERTS_FILE"
 ENV_ALERT_WEBHOOK_URL = "RP_ALERT_WEBHOOK_URL"
@@ -77,6 +87,7 @@ def workspace_env(root: Path) -> dict[str, str]:
         ENV_LANDING_DIR: str(root / "landing"),
         ENV_DUCKDB_PATH: str(root / "warehouse.duckdb"),
         ENV_INDEX_DIR: str(root / "index"),
+        ENV_INDEX_SCRATCH_DIR: str(root / "index_scratch"),
         ENV_DBT_TARGET_PATH: str(root / "target"),
         ENV_ALERTS_FILE: str(root / "alerts.jsonl"),
         ENV_REPORT_PATH: str(root / "reports" / "dashboard.html"),
@@ -102,6 +113,8 @@ Number = Annotated[float, Strict(), AllowInfNan(False)]
 Flag = Annotated[bool, Strict()]
 Identifier = Annotated[str, _Expect("a schema name (letters, digits and _, not starting with a digit)")]
 RelativePath = Annotated[str, _Expect("a path, relative to the project directory")]
+IndexDir = Annotated[str, _Expect("a directory (relative to the project directory) or an s3://bucket/prefix URI")]
+StorageOptions = Annotated[dict[str, str], _Expect("a mapping of object-store option names to values (no secrets)")]
 Mode = Literal["vector", "fts", "hybrid"]
 Backend = Literal["torch", "onnx", "onnx-int8"]
 _GATE_FORMAT = "'<mode> <metric>@<k> >= <floor>'"
@@ -187,6 +200,13 @@ class RetrievalSettings(BaseModel):
     shared_section_headings: Annotated[tuple[str, ...], _Expect("a list of headings")] = Field(
         (), description="Sections under these headings are embedded without the document title, so they embed once."
     )
+    # The same, found by counting (python_jobs/chunk/boilerplate.py): no list of headings to keep up to date.
+    boilerplate_min_docs: Whole = Field(
+        5,
+        ge=0,
+        description="A section (under a heading) whose text appears in at least this many documents is boilerplate: "
+        "embedded under its own headings without the document title, once for all of them. 0 turns it off.",
+    )
     # The tokenizer is not a bound on length: a "word" longer than 100 characters is one unknown token.
     max_chunk_characters: Whole = Field(
         4000,
@@ -206,6 +226,13 @@ class RetrievalSettings(BaseModel):
 
     def pii_action(self, doc_type: str | None, access_level: str | None) -> PiiAction:
         return pii_action(self.pii_policy, doc_type, access_level)
+
+    @field_validator("boilerplate_min_docs")
+    @classmethod
+    def _shared_by_two_at_least(cls, value: int) -> int:
+        if value == 1:
+            raise _invalid("must be 0 (off) or at least 2: a text in one document is not shared")
+        return value
 
     @field_validator("pii_policy", mode="before")
     @classmethod
@@ -244,6 +271,43 @@ class RetrievalSettings(BaseModel):
         return _validate(cls, data, ("retrieval",))
 
 
+class RaySettings(BaseModel):
+    """The actor pool that embeds on Ray when `vars.embedding.executor` is `ray` (python_jobs/index/ray_executor.py):
+    `vars.embedding.ray`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: Annotated[str, _Expect("empty, or a Ray cluster address: host:port, ray://host:port or auto")] = Field(
+        "",
+        description="The Ray cluster to join; empty starts a local Ray for the run (on this machine's CPUs) and "
+        "stops it at the end. Env override: `RP_RAY_ADDRESS`.",
+    )
+    actors: Whole = Field(
+        0,
+        ge=0,
+        description="Model replicas in the pool, each loading the model once; 0: as many as the cluster's CPUs "
+        "allow (CPUs / threads_per_actor; GPUs / num_gpus when num_gpus is set).",
+    )
+    threads_per_actor: Whole = Field(
+        1, ge=1, description="CPUs each actor reserves, and the threads its model computes with."
+    )
+    num_gpus: Number = Field(
+        0.0, ge=0, description="GPUs each actor reserves (0.5: two actors share one); 0 runs the model on CPU."
+    )
+    retries: Whole = Field(
+        3,
+        ge=0,
+        description="Times a dead actor is restarted and its batch retried before the run fails (the batch was "
+        "not committed: it is embedded again, never twice in the index).",
+    )
+    timeout_seconds: Number = Field(
+        120.0,
+        gt=0,
+        description="Longest wait to join or start the cluster and for the pool's actors to start (model loaded); "
+        "past it the run stops with an error naming the setting.",
+    )
+
+
 class EmbeddingSettings(BaseModel):
     """How chunks become vectors in the LanceDB index: `vars.embedding`.
 
@@ -255,8 +319,24 @@ class EmbeddingSettings(BaseModel):
 
     BACKENDS: ClassVar[tuple[str, ...]] = get_args(Backend)
 
-    index_dir: RelativePath = Field(
-        "data/index", min_length=1, description="LanceDB directory. Env override: `RP_INDEX_DIR`."
+    index_dir: IndexDir = Field(
+        "data/index",
+        min_length=1,
+        description="LanceDB directory, or `s3://bucket/prefix` for S3-compatible object storage (credentials from "
+        "the environment: docs/object-storage.md). Env override: `RP_INDEX_DIR`.",
+    )
+    storage_options: StorageOptions = Field(
+        default_factory=FrozenOptions,
+        description="Object-store options for an `s3://` index_dir (LanceDB's names: `region`, `endpoint`, "
+        "`allow_http`, `virtual_hosted_style_request`, `connect_timeout`, `timeout`, ...); no secrets: keys and "
+        "tokens come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).",
+    )
+    scratch_dir: RelativePath = Field(
+        "data/index_scratch",
+        min_length=1,
+        description="Local scratch of an index on object storage (staged rows, ONNX exports), in "
+        "`<scratch_dir>/<scheme>/<bucket>/<prefix>`; a local index keeps them in index_dir. Env override: "
+        "`RP_INDEX_SCRATCH_DIR`.",
     )
     backend: Backend = Field(
         "torch",
@@ -290,6 +370,48 @@ class EmbeddingSettings(BaseModel):
     keep_previous_indexes: Whole = Field(
         1, ge=0, description="Index tables of earlier models kept after a swap, for rollback."
     )
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the model runs: `local` (in the embedding job) or `ray` (an actor pool on a Ray cluster, "
+        "docs/embedding.md); the plan, the vector cache, the commits and the publish stay in the job either way.",
+    )
+    ray: RaySettings = Field(default_factory=RaySettings, description="The Ray actor pool (with executor: ray).")
+
+    @field_validator("index_dir")
+    @classmethod
+    def _usable_location(cls, value: str) -> str:
+        problem = index_uri_problem(value.strip())
+        if problem:
+            raise _invalid(problem)
+        return value.strip()
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _options_without_secrets(cls, value: Any) -> Any:
+        """Secrets are refused before anything else is checked, so no error message ever shows one."""
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise _invalid("must be a mapping of object-store option names to values, like {region: eu-west-1}")
+        options = {}
+        for name, option in value.items():
+            if secret_option(str(name)):
+                raise _invalid(
+                    "is a secret: set it in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                    "AWS_SESSION_TOKEN), never in vars, which `rp config`, dbt's docs and logs show",
+                    str(name),
+                )
+            if isinstance(option, bool):
+                option = "true" if option else "false"
+            if not isinstance(option, str | int | float):
+                raise _invalid(f"must be a text value, got {option!r}", str(name))
+            options[str(name)] = str(option)
+        return options
+
+    @field_validator("storage_options")
+    @classmethod
+    def _hashable_options(cls, value: dict[str, str]) -> dict[str, str]:
+        return FrozenOptions(value)
 
 
 class EvalSettings(BaseModel):
@@ -928,7 +1050,7 @@ class Settings:
     project_dir: Path
     landing_dir: Path
     warehouse_path: Path
-    index_dir: Path
+    index_dir: IndexLocation  # a local directory or an s3:// prefix (python_jobs/common/locations.py)
     dbt_target_dir: Path
     dbt_log_dir: Path
     report_path: Path = Path(DEFAULT_REPORT_PATH)
@@ -977,7 +1099,13 @@ class Settings:
             project_dir=project_dir,
             landing_dir=resolve(env.get(ENV_LANDING_DIR) or checked.landing_dir),
             warehouse_path=resolve(env.get(ENV_DUCKDB_PATH) or DEFAULT_DUCKDB_PATH),
-            index_dir=resolve(env.get(ENV_INDEX_DIR) or checked.embedding.index_dir),
+            index_dir=parse_index_location(
+                env.get(ENV_INDEX_DIR) or checked.embedding.index_dir,
+                project_dir,
+                env.get(ENV_INDEX_SCRATCH_DIR) or checked.embedding.scratch_dir,
+                checked.embedding.storage_options,
+                setting=ENV_INDEX_DIR if env.get(ENV_INDEX_DIR) else "embedding.index_dir",
+            ),
             dbt_target_dir=resolve(target_dir),
             # Beside the target dir (the project's logs/ by default), so each workspace has its own.
             dbt_log_dir=resolve(env.get(ENV_DBT_LOG_PATH) or str(Path(target_dir).parent / "logs")),

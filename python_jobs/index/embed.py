@@ -61,6 +61,7 @@ from python_jobs.index.plan import (
     make_plan,
     read_chunk_source,
 )
+from python_jobs.index.ray_executor import on_executor
 from python_jobs.index.runs import EmbedSummary, ledger
 from python_jobs.index.store import (
     INDEX_LAYOUT,
@@ -71,7 +72,7 @@ from python_jobs.index.store import (
     cache_schema,
     cache_table_name,
     clearance_texts,
-    has_clearance_columns,
+    has_current_layout,
     index_schema,
     index_table_name,
     read_columns,
@@ -86,6 +87,7 @@ DELETE_BATCH = 1000
 # few rows it changes: a run updates in merges of up to this many rows (a 1% change is one merge).
 MERGE_ROWS = 100_000
 WRITE_ROWS = 8192  # staged rows read at a time while preparing merges
+CHECKPOINT_SECONDS = 5.0  # how often a run records what it has committed so far (a killed run's spend)
 
 
 class BudgetExceededError(PipelineError):
@@ -128,7 +130,7 @@ def embed(settings: Settings, options: EmbedOptions | None = None, embedder: Emb
         mark_interrupted(settings.warehouse_path, ledger(settings), started)
         record(settings.warehouse_path, ledger(settings), summary.ledger_row(started))
         try:
-            _run(settings, options, summary, embedder, lambda: _checkpoint(settings, summary, started))
+            _run(settings, options, summary, embedder, _checkpointer(settings, summary, started))
             # The ops marts' copy of what the index holds (only when the published version moved).
             index_snapshot.refresh(settings.warehouse_path, settings.ops_schema, index)
             summary.status = "success"
@@ -141,7 +143,7 @@ def embed(settings: Settings, options: EmbedOptions | None = None, embedder: Emb
             summary.error = str(exc) or type(exc).__name__
             raise
         finally:
-            shutil.rmtree(settings.index_dir / STAGING_DIR, ignore_errors=True)
+            shutil.rmtree(settings.index_dir.scratch / STAGING_DIR, ignore_errors=True)
             summary.total_seconds = time.perf_counter() - clock
             record(settings.warehouse_path, ledger(settings), summary.ledger_row(started))
     return summary
@@ -156,7 +158,7 @@ def _run(
 ) -> None:
     index = VectorIndex(settings.index_dir)
     summary.index_dir = str(settings.index_dir)
-    staging = settings.index_dir / STAGING_DIR
+    staging = settings.index_dir.scratch / STAGING_DIR  # local disk, also for an index on object storage
     if not options.dry_run:
         shutil.rmtree(staging, ignore_errors=True)  # rows staged by a run that was killed
 
@@ -172,8 +174,10 @@ def _run(
                 f"{settings.retrieval.embedding_model!r}: embedding with the chunks' model; run `make build` "
                 "to re-cut the chunks for the configured one"
             )
-        model_cache = index.directory / MODEL_CACHE_DIR
-        embedder = embedder or load_embedder(source.embedding_model, settings.embedding, model_cache)
+        model_cache = index.location.scratch / MODEL_CACHE_DIR
+        if embedder is None:  # vars.embedding.executor: the model runs here, or on a Ray actor pool
+            embedder = load_embedder(source.embedding_model, settings.embedding, model_cache)
+            embedder = on_executor(embedder, settings.embedding)
         model = embedder.fingerprint
         summary.model = asdict(model) | {"id": model.id}
 
@@ -285,10 +289,10 @@ def _open_index_table(index: VectorIndex, target: str, options: EmbedOptions, su
         ) from None
     if options.rebuild:
         return table, True
-    if table is not None and not has_clearance_columns(table):
+    if table is not None and not has_current_layout(table):
         summary.warnings.append(
-            f"index table {target} predates the full-text columns per access level: rebuilt from "
-            "document_chunks, with vectors from the cache"
+            f"index table {target} predates the current layout (full-text columns per access level, no positions): "
+            "rebuilt from document_chunks, with vectors from the cache"
         )
         return table, True
     return table, False
@@ -352,10 +356,21 @@ def _check_quality_gate(
     return gate
 
 
-def _checkpoint(settings: Settings, summary: EmbedSummary, started: datetime) -> None:
-    """Record the tokens and rows committed so far; a busy warehouse only delays the record to the end."""
-    with contextlib.suppress(WarehouseLockedError):
-        record(settings.warehouse_path, ledger(settings), summary.ledger_row(started))
+def _checkpointer(settings: Settings, summary: EmbedSummary, started: datetime) -> Callable[[], None]:
+    """Record the tokens and rows committed so far: at the first commit, then at most every CHECKPOINT_SECONDS,
+    since a warehouse write costs more than an index commit (per commit it took most of the committer's time:
+    bench/bench_scale.py). A busy warehouse only delays the record to the end."""
+    last: list[float] = []
+
+    def checkpoint() -> None:
+        now = time.monotonic()
+        if last and now - last[0] < CHECKPOINT_SECONDS:
+            return
+        last[:] = [now]
+        with contextlib.suppress(WarehouseLockedError):
+            record(settings.warehouse_path, ledger(settings), summary.ledger_row(started))
+
+    return checkpoint
 
 
 def _check_mass_delete(indexed: int, plan: EmbedPlan, settings: Settings, options: EmbedOptions, summary) -> None:
@@ -413,7 +428,7 @@ def _apply(
     unpaid: set[str] = set()  # embedded by this run, not yet written to a row (see _rows_with_vectors)
     names = table.schema.names
     progress = progress_bar(options.progress, total=plan.texts_to_embed, unit="chunk", desc="embedding", smoothing=0.1)
-    with progress:
+    with progress, _ahead_of_commits(embedder, plan.staged, settings.embedding.commit_rows) as embedder:
         for rows in _staged_batches(plan.staged, settings.embedding.commit_rows):
             with_vectors = rows.filter(rows.column("needs_vector"))
             if not with_vectors.num_rows:
@@ -431,8 +446,43 @@ def _apply(
     summary.cache_hit_rate = plan.cache_hit_rate
 
 
-def _embed_uncached(rows: pa.Table, cache, embedder: Embedder, embedded_earlier: set[str], summary, progress):
-    """Embed the texts of `rows` that no cache holds and commit them to the cache; their vectors."""
+def _ahead_of_commits(embedder: Embedder, staged: Path, commit_rows: int):
+    """`embedder`, or for an executor that embeds ahead of the commits (`encode_stream`: the Ray actor pool of
+    python_jobs/index/ray_executor.py) its vectors of every text the commit batches will embed, given to it in
+    their order before the first and handed back a batch at a time, in that order."""
+    if not hasattr(embedder, "encode_stream"):
+        return contextlib.nullcontext(embedder)
+    return contextlib.closing(_Streamed(embedder, _texts_in_commit_order(staged, commit_rows)))
+
+
+class _Streamed:
+    def __init__(self, embedder, texts: Iterator[list[str]]):
+        self.fingerprint = embedder.fingerprint
+        self._vectors = embedder.encode_stream(texts)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        vectors = next(self._vectors, None)
+        if vectors is None or len(vectors) != len(texts):
+            got = 0 if vectors is None else len(vectors)
+            raise PipelineError(f"the executor returned {got} vectors for a batch of {len(texts)} texts")
+        return vectors
+
+    def close(self) -> None:
+        self._vectors.close()
+
+
+def _texts_in_commit_order(staged: Path, commit_rows: int) -> Iterator[list[str]]:
+    """The texts _apply embeds, a commit batch at a time, in its order."""
+    embedded_earlier: set[str] = set()
+    for rows in _staged_batches(staged, commit_rows):
+        to_embed, _ = _texts_to_embed(rows.filter(rows.column("needs_vector")), embedded_earlier)
+        if to_embed:
+            embedded_earlier.update(to_embed)
+            yield list(to_embed.values())
+
+
+def _texts_to_embed(rows: pa.Table, embedded_earlier: set[str]) -> tuple[dict[str, str], dict[str, int]]:
+    """The distinct texts of `rows` that no cache holds and no earlier batch embedded, and their tokens."""
     to_embed: dict[str, str] = {}
     tokens_of: dict[str, int] = {}
     for content_hash, is_uncached, text, tokens in zip(
@@ -444,6 +494,12 @@ def _embed_uncached(rows: pa.Table, cache, embedder: Embedder, embedded_earlier:
     ):
         if is_uncached and content_hash not in embedded_earlier and content_hash not in to_embed:
             to_embed[content_hash], tokens_of[content_hash] = text, tokens
+    return to_embed, tokens_of
+
+
+def _embed_uncached(rows: pa.Table, cache, embedder: Embedder, embedded_earlier: set[str], summary, progress):
+    """Embed the texts of `rows` that no cache holds and commit them to the cache; their vectors."""
+    to_embed, tokens_of = _texts_to_embed(rows, embedded_earlier)
     if not to_embed:
         return {}
     started = time.perf_counter()

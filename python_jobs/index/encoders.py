@@ -1,10 +1,10 @@
 """The embedding model: what identifies its vectors, and turning texts into vectors.
 
-A vector is only comparable with vectors of the same weights, dimension, normalization
-and backend, so all of these go into the model fingerprint that keys the index and the
-vector cache. The fingerprint is read from the model's files, without importing torch:
-a run with nothing to embed never loads the model (importing sentence-transformers
-alone takes ~9 s here).
+A vector is only comparable with vectors of the same weights, dimension, normalization,
+backend and (for the ONNX backends) export recipe, so all of these go into the model
+fingerprint that keys the index and the vector cache. The fingerprint is read from the
+model's files, without importing torch: a run with nothing to embed never loads the model
+(importing sentence-transformers alone takes ~9 s here).
 """
 
 from __future__ import annotations
@@ -36,15 +36,19 @@ class ModelFingerprint:
     normalized: bool
     max_seq_length: int
     backend: str
+    recipe: str = ""  # how an ONNX backend made its model file (onnx_encoder.RECIPES); "" for torch
 
     @property
     def id(self) -> str:
-        identity = json.dumps(asdict(self), sort_keys=True)
-        return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
+        identity = asdict(self)
+        if not self.recipe:  # torch: the id it had before recipes existed, so its indexes stay valid
+            del identity["recipe"]
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
     def describe(self) -> str:
         norm = "normalized" if self.normalized else "unnormalized"
-        return f"{self.name} ({self.dimension}d, {norm}, {self.backend}, weights {self.weights_hash[:8]}, id {self.id})"
+        backend = f"{self.backend} {self.recipe}" if self.recipe else self.backend
+        return f"{self.name} ({self.dimension}d, {norm}, {backend}, weights {self.weights_hash[:8]}, id {self.id})"
 
 
 class Embedder(Protocol):
@@ -56,6 +60,11 @@ class Embedder(Protocol):
 
 
 def fingerprint(model: ModelFiles, settings: EmbeddingSettings) -> ModelFingerprint:
+    recipe = ""
+    if settings.backend != "torch":
+        from python_jobs.index.onnx_encoder import recipe_for  # numpy and tokenizers only: no runtime loaded
+
+        recipe = recipe_for(settings.backend).name
     return ModelFingerprint(
         name=model.name,
         weights_hash=_weights_hash(model.path),
@@ -63,6 +72,7 @@ def fingerprint(model: ModelFiles, settings: EmbeddingSettings) -> ModelFingerpr
         normalized=settings.normalize,
         max_seq_length=model.max_seq_length,
         backend=settings.backend,
+        recipe=recipe,
     )
 
 
@@ -119,12 +129,12 @@ def _load_encoder(model: ModelFiles, settings: EmbeddingSettings, cache_dir: Pat
         actual = loaded.get_embedding_dimension()
         encoder = _TorchEncoder(loaded, settings.batch_size, settings.normalize)
     else:
-        from python_jobs.index.onnx_encoder import OnnxEncoder
+        from python_jobs.index.onnx_encoder import OnnxEncoder, recipe_for
 
         onnx = OnnxEncoder(
             model.path,
             cache_dir,
-            quantize=settings.backend == "onnx-int8",
+            recipe=recipe_for(settings.backend),
             max_seq_length=model.max_seq_length,
             normalize=settings.normalize,
         )

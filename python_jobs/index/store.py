@@ -1,17 +1,23 @@
-"""The LanceDB vector index on disk: tables, the live pointer, the vector cache and the run lock.
+"""The LanceDB vector index, in a local directory or under an s3:// prefix: tables, the live pointer,
+the vector cache and the run lock.
 
-Layout of the index directory:
+Layout of the index directory (or prefix):
 
     chunks_<model id>.lance    one index table per model fingerprint: a row per chunk
     vectors_<model id>.lance   the vector cache of that model: a row per distinct content hash
     live.json                  which table and version queries read, and the tables before it
-    .embed.lock                held by the one embedding run allowed at a time
+    .embed.lock                held by the one embedding run allowed at a time (on object storage,
+                               the lease .embed.lease.json: python_jobs/index/objectstore.py)
 
 Queries read the table and version named in live.json, never the table's latest
 version: a run's commits become visible all at once when it publishes, so a reader never
 sees half a run, and a new model's table is filled beside the live one and swapped in by
-rewriting live.json (atomically, with os.replace) when it is complete. Lance versions the
-published one is pinned by a tag, so version cleanup never removes what queries read.
+rewriting live.json atomically when it is complete (locally with os.replace, on object
+storage with a conditional put: docs/object-storage.md). Lance versions the published one
+is pinned by a tag, so version cleanup never removes what queries read.
+
+What never goes to object storage (staged rows, ONNX exports) lives in the location's local
+scratch directory (`IndexLocation.scratch`), which for a local index is the index directory.
 
 Full-text search ranks by BM25, whose statistics (how many rows there are, how long they
 are, how many hold each term) are those of the column searched. Searched over every row, a
@@ -25,8 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -39,8 +43,9 @@ import pyarrow.compute as pc
 
 from python_jobs.chunk.schema import INDEXED_CHUNK_COLUMNS
 from python_jobs.common.errors import ExitCode, PipelineError
-from python_jobs.common.locks import held
+from python_jobs.common.locations import IndexLocation
 from python_jobs.index.encoders import ModelFingerprint
+from python_jobs.index.objectstore import LeaseLostError, lease_lost, storage_for
 
 if TYPE_CHECKING:  # lancedb takes ~2 s to import: a run with nothing to do never imports it
     import lancedb
@@ -49,13 +54,15 @@ INDEX_PREFIX = "chunks_"
 CACHE_PREFIX = "vectors_"
 LIVE_FILE = "live.json"
 LOCK_FILE = ".embed.lock"
+LEASE_OBJECT = ".embed.lease.json"  # the run lock on object storage
 MODEL_CACHE_DIR = "_models"  # converted models (ONNX exports) of the backends that need them
 # Tagged versions are never cleaned up: `live` is the published one; evaluations pin theirs as `eval`.
 LIVE_TAG = "live"
 HISTORY_LENGTH = 10  # earlier live tables remembered in live.json
 # What an index table holds, as live.json records it: 1 is a table from before the per-level full-text
 # columns (FTS_COLUMNS), which the next embedding run rebuilds from the vector cache.
-INDEX_LAYOUT = 2
+# 3 leaves positions (chunk_index) out, so a chunk that only moved keeps its row, and adds first_chunk.
+INDEX_LAYOUT = 3
 # The full-text column each clearance searches, lowest first (python_jobs.search.filters.ACCESS_LEVELS):
 # it holds embedding_text for the rows of that level and the ones below it, null for the others.
 FTS_COLUMNS = {"public": "fts_text_public", "internal": "fts_text_internal", "confidential": "embedding_text"}
@@ -119,6 +126,11 @@ def has_clearance_columns(table: lancedb.table.Table) -> bool:
     return set(clearance_columns()) <= set(table.schema.names)
 
 
+def has_current_layout(table: lancedb.table.Table) -> bool:
+    """Whether the table has the columns of INDEX_LAYOUT, no more and no fewer (rows are written whole)."""
+    return set(table.schema.names) == set(index_schema(1).names)
+
+
 def cache_schema(dimension: int) -> pa.Schema:
     return pa.schema(
         [
@@ -155,18 +167,29 @@ class LivePointer:
 
 
 class VectorIndex:
-    """The index directory: open tables, read and publish the live pointer."""
+    """The index directory (or object-storage prefix): open tables, read and publish the live pointer."""
 
-    def __init__(self, directory: Path):
-        self.directory = directory
+    def __init__(self, location: IndexLocation | Path | str):
+        if not isinstance(location, IndexLocation):
+            location = IndexLocation.local(location)
+        self.location = location
+        self.storage = storage_for(location)
         self._db = None
+
+    @property
+    def directory(self) -> Path:
+        """The local index directory (a ConfigError for an index on object storage)."""
+        return Path(self.location)
 
     @property
     def db(self):
         if self._db is None:
             import lancedb
 
-            self._db = lancedb.connect(str(self.directory))
+            if self.location.is_remote:
+                self._db = lancedb.connect(self.location.uri, storage_options=self.location.storage_options or None)
+            else:
+                self._db = lancedb.connect(str(self.location.path))
         return self._db
 
     def table_dir(self, name: str) -> Path:
@@ -174,10 +197,10 @@ class VectorIndex:
 
     def has_table(self, name: str) -> bool:
         """Whether the table's files are there, without opening it (or importing lancedb)."""
-        return self.table_dir(name).is_dir()
+        return self.storage.has_folder(f"{name}.lance")
 
     def table_names(self) -> list[str]:
-        if not self.directory.exists():
+        if not self.location.is_remote and not self.directory.exists():
             return []
         names, page = [], self.db.list_tables()
         names += page.tables
@@ -207,8 +230,12 @@ class VectorIndex:
         try:
             return self.db.create_table(name, schema=schema, mode="overwrite")
         except (OSError, ValueError, RuntimeError):
-            shutil.rmtree(self.table_dir(name), ignore_errors=True)
+            self.storage.remove_folder(f"{name}.lance")
             return self.db.create_table(name, schema=schema)
+
+    def truncated_files(self, name: str) -> list[str]:
+        """Data files of table `name` that do not end as every Lance file does: cut short, or overwritten at the end."""
+        return self.storage.truncated(f"{name}.lance/data", ".lance", LANCE_FILE_MAGIC)
 
     # --- the live pointer -------------------------------------------------------------
 
@@ -216,23 +243,37 @@ class VectorIndex:
     def live_file(self) -> Path:
         return self.directory / LIVE_FILE
 
+    @property
+    def live_name(self) -> str:
+        """Where live.json is, for messages: a path, or an s3:// URI."""
+        return self.storage.describe(LIVE_FILE)
+
     def live(self) -> LivePointer | None:
+        return self._read_live()[0]
+
+    def _read_live(self):
+        """The pointer, and what was read (for the conditional write that replaces it)."""
+        stored = self.storage.read(LIVE_FILE)
+        if stored is None:
+            return None, None
         try:
-            data = json.loads(self.live_file.read_text(encoding="utf-8"))
+            data = json.loads(stored.data.decode("utf-8"))
             pointer = LivePointer(**data)
-        except FileNotFoundError:
-            return None
         except (ValueError, TypeError) as exc:
             raise PipelineError(
-                f"{self.live_file} is unreadable ({exc}): run `make verify ARGS=--repair` to republish the index"
+                f"{self.live_name} is unreadable ({exc}): run `make verify ARGS=--repair` to republish the index"
             ) from None
         # A tag name or a string would open some version, not necessarily the one published.
         if not isinstance(pointer.table, str) or type(pointer.version) is not int or pointer.version < 1:
             raise PipelineError(
-                f"{self.live_file} is unreadable (table {pointer.table!r} version {pointer.version!r} is not a table "
+                f"{self.live_name} is unreadable (table {pointer.table!r} version {pointer.version!r} is not a table "
                 "name and a version number): run `make verify ARGS=--repair` to republish the index"
             )
-        return pointer
+        return pointer, stored
+
+    def set_live_aside(self, suffix: str) -> str:
+        """Move an unreadable live.json out of the way (a repair publishes a new one); where it went."""
+        return self.storage.set_aside(LIVE_FILE, f"{LIVE_FILE}.{suffix}")
 
     def open_live(self) -> lancedb.table.Table | None:
         """The published table at its published version: what queries should read."""
@@ -242,10 +283,14 @@ class VectorIndex:
     def publish(
         self, table: lancedb.table.Table, model: ModelFingerprint, run_id: str, chunk_signature: str | None = None
     ) -> LivePointer:
-        """Point queries at the table's current version, atomically."""
+        """Point queries at the table's current version, atomically: a rename locally, a conditional put on the
+        pointer read here on object storage (so a publisher that raced another publishes nothing)."""
+        lost = lease_lost(self.location, LEASE_OBJECT)
+        if lost:
+            raise LeaseLostError(f"{lost}: not published; run `make embed` again")
         version = table.version
         _move_tag(table, LIVE_TAG, version)
-        previous = self.live()
+        previous, stored = self._read_live()
         history = [] if previous is None else previous.history
         if previous and previous.table != table.name:  # a model swap: remember what served before
             history = [{"table": previous.table, "version": previous.version, "model": previous.model}, *history]
@@ -257,29 +302,27 @@ class VectorIndex:
             published_at=datetime.now(UTC).isoformat(),
             history=history[:HISTORY_LENGTH],
             chunk_signature=chunk_signature,
-            layout=INDEX_LAYOUT if has_clearance_columns(table) else 1,
+            layout=INDEX_LAYOUT if has_current_layout(table) else 1,
         )
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.live_file.with_suffix(f".tmp{os.getpid()}")
-        with temporary.open("w", encoding="utf-8") as handle:
-            json.dump(asdict(pointer), handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.live_file)
+        data = json.dumps(asdict(pointer), indent=2, sort_keys=True).encode("utf-8")
+        self.storage.replace(LIVE_FILE, data, stored)
         return pointer
 
     # --- the run lock -----------------------------------------------------------------
 
     def lock(self, wait_seconds: float = 0.0) -> contextlib.AbstractContextManager[None]:
-        """Hold the index for one embedding run; a second run waits up to `wait_seconds`, then gives up."""
+        """Hold the index for one embedding run; a second run waits up to `wait_seconds`, then gives up. Locally a
+        lock file; on object storage a lease object (python_jobs/index/objectstore.py), so a run on another
+        machine is kept out too."""
 
         def busy(holder: str) -> IndexBusyError:
             return IndexBusyError(
-                f"index {self.directory} is being updated by another embedding run ({holder}). "
+                f"index {self.location} is being updated by another embedding run ({holder}). "
                 "Wait for it to finish, or pass --wait SECONDS to queue behind it."
             )
 
-        return held(self.directory / LOCK_FILE, busy, wait_seconds=wait_seconds)
+        name = LEASE_OBJECT if self.location.is_remote else LOCK_FILE
+        return self.storage.lock(name, busy, wait_seconds)
 
 
 # Reading a whole table goes a batch at a time, so memory stays flat at any size.
@@ -312,20 +355,6 @@ def bad_vectors(vectors: pa.Array | pa.ChunkedArray, normalized: bool) -> dict[s
         norms = np.linalg.norm(np.where(finite[:, None], matrix, 0.0), axis=1)
         non_unit = finite & ~missing & (np.abs(norms - 1.0) > UNIT_TOLERANCE)
     return {"missing": missing, "non_finite": non_finite, "non_unit": non_unit}
-
-
-def truncated_files(table_dir: Path) -> list[Path]:
-    """Data files of a table that do not end as every Lance file does: cut short, or overwritten at the end."""
-    cut = []
-    for path in sorted((table_dir / "data").glob("*.lance")):
-        try:
-            with path.open("rb") as handle:
-                handle.seek(max(path.stat().st_size - len(LANCE_FILE_MAGIC), 0))
-                if handle.read() != LANCE_FILE_MAGIC:
-                    cut.append(path)
-        except OSError:
-            cut.append(path)
-    return cut
 
 
 def read_columns(table: lancedb.table.Table | None, columns: list[str]) -> pa.Table | None:

@@ -61,9 +61,9 @@ from python_jobs.index.store import (
     clearance_columns,
     clearance_texts,
     has_clearance_columns,
+    has_current_layout,
     index_table_name,
     scan,
-    truncated_files,
 )
 
 SAMPLE_IDS = 5
@@ -134,7 +134,7 @@ def verify(settings: Settings) -> VerifyReport:
             table = _open_published(index, pointer.table, pointer.version, report)
             if table is not None:
                 normalized = bool(pointer.model.get("normalized", True))
-                keys = read_whole(table, index.table_dir(pointer.table), normalized, report)
+                keys = read_whole(table, index, normalized, report)
                 _check_pointer(index, table, pointer.table, pointer.version, model.describe(), report)
         if pointer is not None and keys is None:  # not comparable: the damage is the finding
             ((report.chunks,),) = con.execute(f"select count(*) from {CHUNKS_RELATION}").fetchall()
@@ -159,13 +159,13 @@ def _open_published(index: VectorIndex, name: str, version: int, report: VerifyR
         table = None
     else:
         if table is None:
-            report.notes.append(f"live.json names table {name}, which is not in {index.directory}")
+            report.notes.append(f"live.json names table {name}, which is not in {index.location}")
     if table is None:
         report.problems["unreadable_live_index"] = 1
     return table
 
 
-def read_whole(table, table_dir: Path, normalized: bool, report: VerifyReport) -> pa.Table | None:
+def read_whole(table, index: VectorIndex, normalized: bool, report: VerifyReport) -> pa.Table | None:
     """Read every row and column of `table`, counting damaged rows into the report; the key columns the plan
     compares and the digests of each row's texts (KEPT_SCHEMA), or None (with the reason in the report) when
     the table's data cannot be read."""
@@ -190,7 +190,7 @@ def read_whole(table, table_dir: Path, normalized: bool, report: VerifyReport) -
         report.notes.append(
             f"reading {table.name} version {table.version} failed after {report.rows_read:,} rows: {_first_line(exc)}"
         )
-        cut = truncated_files(table_dir)
+        cut = index.truncated_files(table.name)
         report.notes += [f"data file {path} is truncated (its Lance footer is missing)" for path in cut]
         return None
     if not fts_checked:
@@ -198,6 +198,13 @@ def read_whole(table, table_dir: Path, normalized: bool, report: VerifyReport) -
         report.notes.append(
             f"{table.name} has no full-text columns per access level: its BM25 statistics are shared by every "
             "level (`make verify ARGS=--repair`, or the next `make embed`, rebuilds it from the vector cache)"
+        )
+    elif not has_current_layout(table):
+        report.problems["outdated_layout"] = 1
+        report.notes.append(
+            f"{table.name} has the columns of an earlier layout (it holds chunk positions, which rewrite every "
+            "later row of a document when a chunk is inserted): `make verify ARGS=--repair`, or the next "
+            "`make embed`, rebuilds it from the vector cache"
         )
     return pa.Table.from_batches(keys, schema=KEPT_SCHEMA)
 
@@ -301,8 +308,7 @@ def repair(settings: Settings, options: EmbedOptions) -> EmbedSummary:
     try:
         index.live()
     except PipelineError:
-        aside = index.live_file.with_name(f"live.json.unreadable-{datetime.now(UTC):%Y%m%dT%H%M%S}")
-        index.live_file.rename(aside)
+        aside = index.set_live_aside(f"unreadable-{datetime.now(UTC):%Y%m%dT%H%M%S}")
         click.echo(f"set the unreadable live pointer aside as {aside}", err=True)
         reasons.append("live.json was unreadable")
     if not reasons:
@@ -326,7 +332,7 @@ def _latest_damage(index: VectorIndex, report: VerifyReport) -> list[str]:
     if latest is None or latest.version == report.live_version:
         return []
     scratch = VerifyReport(index_dir=report.index_dir, expected_table=name)
-    read_whole(latest, index.table_dir(name), True, scratch)
+    read_whole(latest, index, True, scratch)
     damaged = [problem for problem in DAMAGE if scratch.problems.get(problem)]
     return [f"{problem} in the latest version {latest.version} of {name}" for problem in damaged]
 

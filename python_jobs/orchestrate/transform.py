@@ -38,7 +38,7 @@ from python_jobs.observe import findings
 from python_jobs.orchestrate.alerts import RETRY, alert_failure, step_failures
 from python_jobs.orchestrate.project import OPS_TAG, Project
 from python_jobs.transform import results as dbt_results
-from python_jobs.transform.dbt import LOCK_ERROR, _keep_build_artifacts
+from python_jobs.transform.dbt import LOCK_ERROR, keep_build_artifacts
 
 
 def dbt_resource(settings: Settings) -> DbtCliResource:
@@ -96,7 +96,7 @@ def build(context: AssetExecutionContext, dbt: DbtCliResource, step: str) -> Ite
         error = invocation.get_error()
         if code != 0 and error is not None and LOCK_ERROR in str(error):
             raise WarehouseLockedError(lock_message(settings.warehouse_path, str(error)))
-        _keep_build_artifacts(settings.dbt_target_dir)
+        keep_build_artifacts(settings.dbt_target_dir)
         # Recorded with the selection dagster-dbt added, as `rp build --select ...` records its own.
         recorded = [str(arg) for arg in invocation.process.args[1:]]
         ran = dbt_results.Invocation(recorded, invocation.process.pid, log_file, offset, started, exit_code=code)

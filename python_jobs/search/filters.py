@@ -104,7 +104,7 @@ class Filters:
         if self.updated_to:
             clauses.append(f"source_updated_at < {_timestamp_literal(self.updated_to)}")
         if self.first_chunk_only:
-            clauses.append("chunk_index = 0")
+            clauses.append("first_chunk = true")  # positions are not in the index (python_jobs/chunk/schema.py)
         return " AND ".join(f"({clause})" for clause in clauses)
 
     def _value_filters(self) -> list[tuple[str, tuple[str, ...]]]:

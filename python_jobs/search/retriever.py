@@ -29,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +56,7 @@ from python_jobs.search.filters import (
 MODES = ("vector", "fts", "hybrid")
 RRF_K = 60
 QUERY_BATCH = 64
+QUERY_CACHE_SIZE = 10_000  # query vectors kept per Retriever (1.5 KB each)
 # Each list of a hybrid search is this deep at least; fusion can only reorder what it sees.
 HYBRID_MIN_CANDIDATES = 50
 # What a result carries: the chunk's text and where it came from, not how it was cut or embedded.
@@ -126,7 +129,10 @@ class Retriever:
         self._embedder = embedder
         self._rows = None
         self._columns = set(self.table.schema.names)
-        self._query_vectors: dict[str, np.ndarray] = {}
+        # Query vectors by question, most recently used last: an evaluation embeds its questions up front, and
+        # the service asks the same popular questions again. Bounded, since the service lives for days.
+        self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._query_lock = threading.Lock()
 
     @property
     def version(self) -> int:
@@ -169,10 +175,11 @@ class Retriever:
         if per_document:
             depth = max(depth, 4 * k)
         while True:
-            hits = self._ranked(mode, query, vector, where, depth, levels)
+            hits, counts = self._ranked(mode, query, vector, where, depth, levels)
             if per_document:
                 hits = _best_per_document(hits)
-            exhausted = self._exhausted(depth)
+            # Every search returned fewer rows than asked: deeper would find nothing new.
+            exhausted = all(count < depth for count in counts)
             if len(hits) >= k or exhausted or depth >= self.row_count:
                 break
             depth *= 4  # documents with many matching chunks crowded the others out: look deeper
@@ -182,37 +189,50 @@ class Retriever:
         return result
 
     def embed_query(self, query: str) -> np.ndarray:
-        if query not in self._query_vectors:
-            self.embed_queries([query])
-        return self._query_vectors[query]
+        with self._query_lock:
+            vector = self._query_vectors.get(query)
+            if vector is not None:
+                self._query_vectors.move_to_end(query)
+                return vector
+        vector = self._query_embedder().encode([query])[0]
+        self._remember({query: vector})
+        return vector
 
     def embed_queries(self, queries: Sequence[str]) -> None:
         """Embed many questions in batches up front (an evaluation asks hundreds)."""
-        todo = list(dict.fromkeys(q for q in queries if q not in self._query_vectors))
+        with self._query_lock:
+            todo = list(dict.fromkeys(q for q in queries if q not in self._query_vectors))
         for start in range(0, len(todo), QUERY_BATCH):
             batch = todo[start : start + QUERY_BATCH]
-            self._query_vectors.update(zip(batch, self._query_embedder().encode(batch), strict=True))
+            self._remember(dict(zip(batch, self._query_embedder().encode(batch), strict=True)))
+
+    def _remember(self, vectors: dict[str, np.ndarray]) -> None:
+        with self._query_lock:
+            self._query_vectors.update(vectors)
+            while len(self._query_vectors) > QUERY_CACHE_SIZE:
+                self._query_vectors.popitem(last=False)
 
     # --- the modes ------------------------------------------------------------------------
 
-    def _ranked(self, mode: str, query: str, vector, where: str, depth: int, levels: tuple[str, ...]) -> list[Hit]:
-        self._last_counts: dict[str, int] = {}
+    def _ranked(
+        self, mode: str, query: str, vector, where: str, depth: int, levels: tuple[str, ...]
+    ) -> tuple[list[Hit], list[int]]:
+        """The ranked hits, and how many rows each search returned."""
         try:
             if mode == "vector":
-                return self._vector(vector, where, depth)
+                hits = self._vector(vector, where, depth)
+                return hits, [len(hits)]
             if mode == "fts":
-                return self._fts(query, where, depth, levels)
-            return _fuse(self._vector(vector, where, depth), self._fts(query, where, depth, levels))
+                hits = self._fts(query, where, depth, levels)
+                return hits, [len(hits)]
+            vector_hits, fts_hits = self._vector(vector, where, depth), self._fts(query, where, depth, levels)
+            return _fuse(vector_hits, fts_hits), [len(vector_hits), len(fts_hits)]
         except (OSError, RuntimeError) as exc:  # lance reports a data file it cannot read as one of these
             raise PipelineError(
                 f"the published index {self.pointer.table} version {self.pointer.version} cannot be read "
                 f"({_first_line(exc)}): run `make verify` to see what is damaged, `make verify ARGS=--repair` "
                 "to rebuild it"
             ) from None
-
-    def _exhausted(self, depth: int) -> bool:
-        """Whether the last search returned fewer rows than asked: deeper would find nothing new."""
-        return all(count < depth for count in self._last_counts.values())
 
     def _vector(self, vector: np.ndarray, where: str, depth: int) -> list[Hit]:
         rows = (
@@ -223,7 +243,6 @@ class Retriever:
             .limit(depth)
             .to_arrow()
         )
-        self._last_counts["vector"] = rows.num_rows
         scores = [1.0 - d for d in rows.column("_distance").to_pylist()]
         hits = _hits(rows, scores)
         for rank, hit in enumerate(hits, start=1):
@@ -240,7 +259,6 @@ class Retriever:
             .limit(depth)
             .to_arrow()
         )
-        self._last_counts["fts"] = rows.num_rows
         hits = _hits(rows, rows.column("_score").to_pylist())
         # BM25 ties are common for short queries: order them the same way every time.
         hits.sort(key=lambda hit: (-hit.score, hit.chunk_id))
@@ -271,7 +289,7 @@ class Retriever:
             settings = self.settings.embedding.model_copy(
                 update={"backend": model["backend"], "normalize": model["normalized"]}
             )
-            embedder = load_embedder(model["name"], settings, self.settings.index_dir / MODEL_CACHE_DIR)
+            embedder = load_embedder(model["name"], settings, self.settings.index_dir.scratch / MODEL_CACHE_DIR)
             if embedder.fingerprint.id != model["id"]:
                 raise PipelineError(
                     f"the index {self.pointer.table} was built with {model['name']} fingerprint {model['id']}, but "

@@ -211,7 +211,7 @@ class IndexHolder:
         settings = self.settings.embedding.model_copy(
             update={"backend": model["backend"], "normalize": model["normalized"]}
         )
-        embedder = load_embedder(model["name"], settings, self.settings.index_dir / MODEL_CACHE_DIR)
+        embedder = load_embedder(model["name"], settings, self.settings.index_dir.scratch / MODEL_CACHE_DIR)
         if embedder.fingerprint.id != model["id"]:
             raise PipelineError(
                 f"the index {pointer.table} was built with {model['name']} fingerprint {model['id']}, but that "

@@ -10,7 +10,7 @@ refreshed by `rp report`) is a function of its inputs:
                     Python the dbt Python models import (python_jobs/chunk, python_jobs/common), the
                     vars those files read (`var('name')`), as the jobs merge them (RP_VARS included),
                     the versions of dbt, the adapter, DuckDB and the chunking libraries, and the
-                    embedding model's tokenizer
+                    embedding model's tokenizer, and the dbt target (DBT_TARGET, RP_WAREHOUSE_URI)
     the clock       read by a few tests (`recency`): a build older than vars.watch.rebuild_after_hours
                     is done again whatever else changed
 
@@ -51,7 +51,7 @@ import yaml
 
 from python_jobs.common.errors import ConfigError
 from python_jobs.common.ledger import Ledger, record_run
-from python_jobs.common.settings import Settings
+from python_jobs.common.settings import ENV_DBT_TARGET, ENV_WAREHOUSE_URI, Settings
 from python_jobs.common.warehouse import connect
 from python_jobs.land.zone import SOURCES
 
@@ -225,6 +225,9 @@ def project_fingerprint(settings: Settings) -> str:
             version = "absent"
         digest.update(f"{name}=={version}\n".encode())
     digest.update(_model_identity(settings).encode("utf-8"))
+    # Which target the build writes to, and where its external marts go: switching to `TARGET=s3` must build.
+    for name in (ENV_DBT_TARGET, ENV_WAREHOUSE_URI):
+        digest.update(f"{name}={os.environ.get(name, '')}\n".encode())
     return digest.hexdigest()[:32]
 
 

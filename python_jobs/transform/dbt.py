@@ -88,7 +88,7 @@ def _recorded(settings: Settings, args: list[str], run: dbt_results.Invocation, 
     """Keep a build's artifacts aside and record the results of a recorded command in the ops tables."""
     code = run.exit_code
     if args and args[0] in TESTING_COMMANDS:
-        _keep_build_artifacts(settings.dbt_target_dir)
+        keep_build_artifacts(settings.dbt_target_dir)
     if not dbt_results.is_recorded(args) or _asks_for_help(args):
         return DbtRun(code, None)
     captured = dbt_results.capture(settings.warehouse_path, settings.ops_schema, settings.dbt_target_dir, run)
@@ -104,7 +104,7 @@ def _asks_for_help(args: list[str]) -> bool:
     return bool({"-h", "--help"} & set(args))
 
 
-def _keep_build_artifacts(target: Path) -> None:
+def keep_build_artifacts(target: Path) -> None:
     """Copy the artifacts of a build aside: `dbt show` or `dbt docs generate` would overwrite them,
     and the embedding job's quality gate needs the results of the last run that tested the chunks."""
     kept = target / LAST_BUILD_DIR

@@ -75,7 +75,7 @@ class CycleContext:
         settings = self.settings
         key = (settings.retrieval.embedding_model, settings.embedding)
         if self.embedder is None or (self._embedder_key is not None and key != self._embedder_key):
-            cache = settings.index_dir / MODEL_CACHE_DIR
+            cache = settings.index_dir.scratch / MODEL_CACHE_DIR
             self.embedder = load_embedder(settings.retrieval.embedding_model, settings.embedding, cache)
             self._embedder_key = key
         return self.embedder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -9,8 +10,11 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tokenizers import Tokenizer
 
+from python_jobs.chunk import markdown
 from python_jobs.chunk.chunker import Chunker, ChunkingConfig, build_chunker, chunk_table, chunking_settings
+from python_jobs.chunk.layout import TokenCounter
 from python_jobs.chunk.markdown import normalize_markdown, split_sections
 from python_jobs.chunk.model_files import resolve_model
 from python_jobs.common.errors import ConfigError
@@ -20,6 +24,7 @@ MODEL = resolve_model("all-MiniLM-L6-v2")
 TOKENIZER = MODEL.tokenizer()
 SMALL = Chunker(TOKENIZER, ChunkingConfig(max_tokens=MODEL.max_seq_length, target_tokens=64, overlap_tokens=8))
 DEFAULT = build_chunker(RetrievalSettings())
+MANUAL = PROJECT_DIR / "data/raw/docs/manual/man-aurea-barista-pro.md"
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ---------------------------------------------------------------- text generators
@@ -65,7 +70,10 @@ WORDS = st.sampled_from(
 )
 sentence = st.lists(WORDS, min_size=1, max_size=25).map(lambda w: " ".join(w).capitalize() + ".")
 paragraph = st.lists(sentence, min_size=1, max_size=8).map(" ".join)
-giant_paragraph = st.lists(sentence, min_size=120, max_size=200).map(" ".join)
+# 120-300 sentences, numbered so no two are alike; drawn as a few sentences repeated (cheap to generate).
+giant_paragraph = st.tuples(st.lists(sentence, min_size=4, max_size=10), st.integers(120, 300)).map(
+    lambda s: " ".join(f"{s[0][n % len(s[0])][:-1]} {n}." for n in range(s[1]))
+)
 unbroken_run = st.integers(min_value=300, max_value=2_000).map(lambda n: "ab1" * n)  # no spaces at all
 code_block = st.lists(paragraph, min_size=1, max_size=30).map(lambda lines: "```python\n" + "\n".join(lines) + "\n```")
 table = st.lists(st.tuples(WORDS, WORDS, WORDS), min_size=1, max_size=80).map(
@@ -139,7 +147,8 @@ def test_no_chunk_exceeds_the_model_limit_including_prefix_and_special_tokens(do
 @given(giant_paragraph)
 def test_a_giant_paragraph_is_split_never_truncated(text):
     chunks = DEFAULT.chunk("doc-1", "Title", text)
-    assert len(chunks) > 1
+    room = MODEL.max_seq_length - len(TOKENIZER.encode("Title\n\n").ids)  # special tokens and the prefix off
+    assert len(chunks) >= -(-len(TOKENIZER.encode(text).ids) // room)  # as many pieces as it takes, at least
     assert all(c.token_count <= MODEL.max_seq_length for c in chunks)
     assert chunks[-1].end == len(text)  # the tail made it into a chunk
 
@@ -183,6 +192,24 @@ def test_chunking_is_deterministic(doc):
     assert DEFAULT.chunk("doc-1", "Title", body) == DEFAULT.chunk("doc-1", "Title", body)
 
 
+def test_ids_come_from_the_text_so_chunks_after_an_insertion_keep_theirs():
+    body = normalize_markdown(
+        (PROJECT_DIR / "data/raw/docs/manual/man-aurea-barista-pro.md").read_text().split("---\n", 2)[2]
+    )
+    before = DEFAULT.chunk("man-1", "Aurea Barista Pro", body)
+    section = max(split_sections(body, "Aurea Barista Pro"), key=lambda s: len(s.text))  # the longest section
+    top = section.start + len(section.text) - len(section.text.lstrip())
+    inserted = "A new first paragraph: descale the machine every month with citric acid, then rinse it twice."
+    after = DEFAULT.chunk("man-1", "Aurea Barista Pro", body[:top] + inserted + "\n\n" + body[top:])
+
+    old_ids = [c.chunk_id for c in before]
+    new = [c for c in after if c.chunk_id not in old_ids]
+    assert len([c for c in before if c.start >= top]) > 3  # there are later chunks to keep
+    assert new and new[0].text.startswith(inserted) and len(new) <= 2  # its chunk, and one neighbour at most
+    assert len(after) - len(new) >= len(before) - 2
+    assert all(c.chunk_id.startswith(f"man-1:{c.section_id}:") for c in after)
+
+
 def test_chunk_ids_and_hashes_are_the_same_in_another_process():
     """Nothing may depend on process state such as Python's per-process hash seed."""
     body = (PROJECT_DIR / "data/raw/docs/manual/man-aurea-barista-pro.md").read_text().split("---\n", 2)[2]
@@ -224,6 +251,55 @@ def test_sections_follow_the_heading_tree_and_ignore_hashes_in_code():
         ("Setext heading",),
     ]
     assert "# not a heading" in sections[2].text
+
+
+PLAIN_LINES = (  # lines that leave the body plain (no parser), with lists and quotes that cannot hide headings
+    *("", "   ", "Plain text line.", "Aurea Barista Pro", "# Aurea Barista Pro", "# Head", "## Head two ##"),
+    *("### x ###y", "#", "# #", "## ##", "####### seven", "#nohash", "# tab\there", "#\ttab", "#  spaced  ##  "),
+    *("- item", "* item", "+ item", "1. one", "2) two", "1234567890. big", "- # nested", "> quote", "> # quoted"),
+    *("- ```", "> ```", "- <div>", "- > q", "-dash", "=eq", "| a | b |", "|---|---|", "**bold**", "*emph*"),
+    *("text # not", "\\# escaped", "## Heading\x00null"),
+)
+OTHER_LINES = ("<div>", "* * *", "---", "===", "- - -", "___", "[foo]: /url", "[foo]: /url 'title", "end'")
+OTHER_LINES += ("    code", "\tcode", "  two", "```", "~~~", "<!-- c -->")
+LINES = st.one_of(st.sampled_from(PLAIN_LINES), st.sampled_from(PLAIN_LINES + OTHER_LINES))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(LINES, min_size=1, max_size=14).map("\n".join))
+def test_headings_found_without_the_parser_are_those_the_parser_finds(body):
+    """Bodies of plain lines skip markdown-it (markdown.py): the headings must be exactly the parser's."""
+    if markdown._NOT_PLAIN_FIRST.match(body) or markdown._NOT_PLAIN_NEXT.search(body):
+        return  # parsed anyway
+    starts = [0] + [m.end() for m in markdown._LINE_END.finditer(body)]
+    assert markdown._plain_headings(body, starts) == markdown._parsed_headings(body)
+
+
+# Controls the tokenizer deletes, marks, joiners, CJK, emoji, letters that change when lowercased.
+TRICKY = st.text(
+    st.sampled_from(
+        list("ab é\u0301\u200d\u200b\u00ad\x1c\x1f\x00\ufffd\t\n\r\x0b\x0c\x85\xa0\u2028\u3000東。?.,'🙂İΣς\u0345ﬁ")
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(TRICKY, max_size=8).map(" ".join))
+def test_the_word_counter_counts_exactly_what_the_tokenizer_makes(text):
+    assert DEFAULT.counter.additive
+    assert DEFAULT.counter.count(text) == len(TOKENIZER.encode(text, add_special_tokens=False).ids)
+
+
+def test_a_tokenizer_whose_counts_do_not_add_up_by_word_is_counted_by_encoding():
+    spec = json.loads(TOKENIZER.to_str())
+    spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}
+    other = Tokenizer.from_str(json.dumps(spec))
+    assert not TokenCounter(other).additive
+    chunker = Chunker(other, ChunkingConfig(MODEL.max_seq_length, target_tokens=64, overlap_tokens=8))
+    body = normalize_markdown(MANUAL.read_text())
+    chunks = chunker.chunk("man-1", "Aurea Barista Pro", body)
+    assert len(chunks) > 20
+    assert all(c.token_count == len(other.encode(c.embedding_text).ids) <= MODEL.max_seq_length for c in chunks)
 
 
 def test_heading_path_reads_title_then_sections():

@@ -137,10 +137,13 @@ def test_changing_chunk_size_recuts_every_document_but_keeps_hashes_of_unchanged
     same_text = before.keys() & after.keys()
     assert same_text, "short answers fit both sizes and should keep their text"
     assert all(before[text] == after[text] for text in same_text)
-    # The target covers the heading prefix, except where a long heading path would leave
-    # the text less than half of it.
-    oversized = world.query("select heading_path, token_count from knowledge.document_chunks where token_count > 96")
-    assert all(len(path.split()) > 8 for path, _ in oversized), oversized
+    # The target is what the cuts aim at, not a cap (python_jobs/chunk/layout.py): where a section is cut
+    # into several chunks, they average under it; only the model's limit bounds a chunk.
+    [(mean, largest)] = world.query(
+        "select avg(token_count), max(token_count) from knowledge.document_chunks where section_id in "
+        "(select section_id from knowledge.document_chunks group by section_id having count(*) > 1)"
+    )
+    assert mean <= 96 and largest <= 256, (mean, largest)
 
 
 def test_lineage_runs_from_landed_documents_to_chunks_with_settings_in_the_docs(built_world):

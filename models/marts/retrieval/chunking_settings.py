@@ -22,6 +22,7 @@ def model(dbt, session):
             "shared_section_headings": dbt.config.get("shared_section_headings"),
             "max_chunk_characters": dbt.config.get("max_chunk_characters"),
             "pii_policy": dbt.config.get("pii_policy"),
+            "boilerplate_min_docs": dbt.config.get("boilerplate_min_docs"),
         }
     )
     return pa.Table.from_pylist([chunking_settings(retrieval)])
