@@ -41,7 +41,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RP := $(BIN)/rp
 DBT := $(RP) dbt
 
-.PHONY: help setup setup-browser data ingest build chunks freshness embed verify query eval eval-beir report pipeline dagster sql docs docs-generate docs-reference demo bench bench-warehouse bench-chunking bench-embed bench-report bench-edits bench-scale serve bench-serve watch bench-freshness test lint format clean distclean
+.PHONY: help setup setup-browser data ingest build chunks freshness embed verify query eval eval-beir report pipeline dagster sql docs docs-generate docs-reference demo bench bench-warehouse bench-chunking bench-embed bench-report bench-edits bench-scale bench-model serve bench-serve watch bench-freshness test lint format clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -144,6 +144,9 @@ bench-report: $(STAMP) ## make report (ops marts refresh + dashboard) at SCALE d
 
 bench-edits: $(STAMP) ## The edit workload (500 NFCorpus documents, real model): texts embedded and rows written per change [ARGS="--docs 100"]
 	$(BIN)/python bench/bench_edits.py $(ARGS)
+
+bench-model: $(STAMP) ## Model backends on NFCorpus (texts/s, cosine, nDCG@10: torch, onnx, int8) and ANN build time + recall [ARGS="--ann-rows 100000,1000000"]
+	$(BIN)/python bench/bench_model.py $(ARGS)
 
 bench-scale: $(STAMP) ## Scale-out: local vs Ray executors (real model, 2,000 texts); the committer at 1 M chunks, local dir and S3
 	$(BIN)/python bench/bench_scale.py $(ARGS)

@@ -399,6 +399,14 @@ def ann_figures(name: str, vectors: np.ndarray, queries: np.ndarray, workdir: Pa
     show_default=True,
     help="Chunks, exported models and vector caches live here between runs.",
 )
+@click.option(
+    "--chunks",
+    "chunks_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Score these chunks ([doc_ids, texts] JSON) instead of cutting the corpus with the current chunker, "
+    "e.g. an earlier chunker's, to compare with a figure published for it.",
+)
 @click.option("--texts", "sample_size", type=int, default=800, show_default=True, help="Texts in the speed sample.")
 @click.option("--rounds", type=int, default=2, show_default=True, help="Passes over the speed sample.")
 @click.option(
@@ -413,6 +421,7 @@ def ann_figures(name: str, vectors: np.ndarray, queries: np.ndarray, workdir: Pa
 def main(
     data: Path,
     workdir: Path,
+    chunks_file: Path | None,
     sample_size: int,
     rounds: int,
     ndcg_backends: str,
@@ -426,7 +435,10 @@ def main(
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     settings = Settings.load()
-    doc_ids, texts = chunk_corpus(data, workdir)
+    if chunks_file:
+        doc_ids, texts = json.loads(chunks_file.read_text(encoding="utf-8"))
+    else:
+        doc_ids, texts = chunk_corpus(data, workdir)
     rng = np.random.default_rng(SEED)
     report = ModelBench(len(texts), len(set(doc_ids)), min(sample_size, len(texts)), list(os.getloadavg()))
     cache_dir = workdir / "_models"

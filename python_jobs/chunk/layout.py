@@ -16,8 +16,8 @@ Local maxima are at least `spacing` apart but have no upper bound, and the model
 between two boundaries that is over the token or character bound is cut again, inside, at its
 highest-ranked gap at least `spacing` from both ends (or anywhere, if none is), until every piece
 fits. Such a forced cut depends on the whole stretch, so the locality above holds stretch by
-stretch: an edit beside an over-long stretch can change all of that stretch's pieces (about 2% of
-boundaries are forced at the default sizes; docs/chunking.md has the figures).
+stretch: an edit beside an over-long stretch can change all of that stretch's pieces (about 1% of
+chunks start at a forced cut at the default sizes; docs/chunking.md has the figures).
 
 Units bigger than a chunk can be (a sentence of 300 tokens, a megabyte without a space) are split
 into words, and words into pieces cut at token boundaries, each counted exactly.

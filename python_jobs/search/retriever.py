@@ -4,7 +4,8 @@ Three modes, over the table and version that live.json names (never a half-writt
 
 - `vector`: the question is embedded by the model that built the index (same fingerprint:
   weights, backend, normalization) and ranked by cosine similarity; exact search until
-  the table has an ANN index (vars.embedding.ann_min_rows).
+  the table has an ANN index (vars.embedding.ann_min_rows), then the index's candidates
+  re-ranked by exact cosine (python_jobs.index.upkeep.ANN_SEARCH).
 - `fts`: LanceDB's full-text index on `embedding_text` (BM25; stemmed, stop words removed).
   The question is one match query, never parsed as query syntax. BM25's statistics are those
   of the caller's clearance (the highest level it may read): each clearance has a full-text
@@ -45,6 +46,7 @@ from python_jobs.common.output import Summary, terminal_safe, text_console
 from python_jobs.common.settings import Settings
 from python_jobs.index.encoders import Embedder, load_embedder
 from python_jobs.index.store import FTS_COLUMNS, MODEL_CACHE_DIR, LivePointer, VectorIndex
+from python_jobs.index.upkeep import ANN_SEARCH
 from python_jobs.search.filters import (
     ACCESS_LEVELS,
     DEFAULT_ACCESS_LEVELS,
@@ -235,9 +237,9 @@ class Retriever:
             ) from None
 
     def _vector(self, vector: np.ndarray, where: str, depth: int) -> list[Hit]:
+        # With the ANN index: probe ANN_SEARCH.nprobes partitions, re-rank by exact cosine (scores are exact).
         rows = (
-            self.table.search(vector, vector_column_name="vector")
-            .distance_type("cosine")
+            ANN_SEARCH.apply(self.table.search(vector, vector_column_name="vector").distance_type("cosine"))
             .where(where, prefilter=True)
             .select([*RESULT_COLUMNS, "_distance"])
             .limit(depth)

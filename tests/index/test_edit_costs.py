@@ -134,5 +134,6 @@ def test_shared_section_headings_still_drop_the_title_without_detection():
 
 def test_the_first_chunk_filter_reads_the_indexed_flag(indexed_world):
     first = set(indexed_world.query("select doc_id, chunk_id from knowledge.document_chunks where chunk_index = 0"))
-    hits = Retriever(indexed_world.settings()).search("kettle", "fts", k=50, filters=Filters(first_chunk_only=True)).hits
+    retriever = Retriever(indexed_world.settings())
+    hits = retriever.search("kettle", "fts", k=50, filters=Filters(first_chunk_only=True)).hits
     assert hits and {(h.doc_id, h.chunk_id) for h in hits} <= first
