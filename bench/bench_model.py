@@ -56,6 +56,7 @@ PUBLISHED_VECTOR_NDCG10 = 0.3321
 BACKENDS = ("torch", "onnx", "int8-v1", "onnx-int8")
 SEED = 7
 ENCODE_BLOCK = 256  # texts per encode call while filling the vector cache; the cache is saved every 8 blocks
+BATCH_DEPENDENCE_TEXTS = 32
 NOISE = 0.04  # per-dimension sigma of the noise added to real vectors: cosine ~0.79 to the vector it came from
 
 
@@ -66,6 +67,9 @@ class Speed:
     vs_torch: float  # total-time ratio
     vs_torch_paired_median: float  # median over slices of torch's time / this backend's time
     cosine_to_torch: dict[str, float] = field(default_factory=dict)  # min / p1 / p50
+    # A text's vector encoded alone against the same text encoded in its batch (min / p1 / p50): 1.0 unless
+    # the vectors depend on the batch, as dynamic int8 quantization's shared activation scale makes them.
+    alone_vs_batched: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,12 +115,17 @@ class ModelBench(Summary):
             f"load average {_load(self.load_before)} before, {_load(self.load_after)} after ({os.cpu_count()} cores)"
         ]
         if self.speed:
-            lines += ["", "backend       texts/s  vs torch (total / paired median)  cosine to torch min / p1 / p50"]
+            lines += [
+                "",
+                "backend       texts/s  vs torch (total / paired median)  cosine to torch min / p1 / p50"
+                "   alone vs in a batch min / p50",
+            ]
             for s in self.speed:
                 cosine = " / ".join(f"{s.cosine_to_torch[q]:.4f}" for q in ("min", "p1", "p50"))
+                alone = " / ".join(f"{s.alone_vs_batched[q]:.4f}" for q in ("min", "p50"))
                 lines.append(
                     f"{s.backend:12s} {s.texts_per_second:8.1f}  {s.vs_torch:5.2f}x / {s.vs_torch_paired_median:5.2f}x"
-                    f"{'':20s}{cosine}"
+                    f"{'':20s}{cosine}   {alone}"
                 )
         if self.quality:
             lines += ["", f"backend       nDCG@10  (published torch pipeline: {PUBLISHED_VECTOR_NDCG10})"]
@@ -248,6 +257,11 @@ def measure_speed(backends: dict[str, Backend], texts: list[str], rounds: int, s
                 cosine_summary(np.vstack(vectors[name]), reference),
             )
         )
+    alone_texts = slices[0][:BATCH_DEPENDENCE_TEXTS]
+    for figure in figures:
+        backend = backends[figure.backend]
+        alone = np.vstack([backend.encode([text]) for text in alone_texts])
+        figure.alone_vs_batched = cosine_summary(alone, vectors[figure.backend][0][: len(alone_texts)])
     return figures
 
 
