@@ -149,7 +149,7 @@ def is_recorded(args: list[str]) -> bool:
 
 def capture(warehouse: Path, ops_schema: str, target_dir: Path, run: Invocation) -> Captured:
     """Read this invocation's results and write them to the ops tables in one transaction."""
-    events = list(_log_events(run.log_file, run.log_offset, run.pid))
+    events = list(_log_events(run.log_file, run.log_offset, run.pid, run.started_at))
     invocation_id = next((e["info"]["invocation_id"] for e in events), None)
     manifest = _read_json(target_dir / "manifest.json") or {}
     owners = _Owners(manifest)
@@ -358,22 +358,32 @@ def _failing_rows_sample(con, row: Mapping[str, Any], shown: frozenset[str] | No
     return json.dumps(rows, default=str)
 
 
-def _log_events(log_file: Path, offset: int, pid: int) -> Iterator[dict[str, Any]]:
-    """JSON log events of one dbt process, from where its lines start (a rotated log: from the top)."""
-    if not log_file.is_file():
-        return
-    with log_file.open("rb") as handle:
-        if handle.seek(0, 2) >= offset:
-            handle.seek(offset)
-        else:
-            handle.seek(0)
-        for line in handle:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # a text-format line, or the half-written last line of a killed process
-            if isinstance(event, dict) and event.get("info", {}).get("pid") == pid:
-                yield event
+def _log_events(log_file: Path, offset: int, pid: int, since: datetime) -> Iterator[dict[str, Any]]:
+    """JSON log events of one dbt process, from where its lines start. dbt rotates its log at 10 MB
+    (`dbt.log` goes to `dbt.log.1`, `.1` to `.2` ...), also during a build: a rotated file written to
+    since the process started holds its first lines. Those files are read whole, oldest first, keeping
+    the process's events since it started; `dbt.log` itself from `offset` if nothing was rotated."""
+    start = since.timestamp()
+    backups = sorted(
+        (p for p in log_file.parent.glob(log_file.name + ".*") if p.suffix[1:].isdigit()),
+        key=lambda p: -int(p.suffix[1:]),
+    )
+    rotated = [p for p in backups if p.stat().st_mtime >= start]
+    parts = [*((p, 0) for p in rotated), (log_file, 0 if rotated else offset)]
+    first = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    for path, position in parts:
+        if not path.is_file():
+            continue
+        with path.open("rb") as handle:
+            handle.seek(position if handle.seek(0, 2) >= position else 0)
+            for line in handle:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # a text-format line, or the half-written last line of a killed process
+                info = event.get("info", {}) if isinstance(event, dict) else {}
+                if info.get("pid") == pid and (not rotated or str(info.get("ts", "")) >= first):
+                    yield event
 
 
 def _finished(event: Mapping[str, Any]) -> bool:

@@ -153,7 +153,7 @@ def test_lineage_runs_from_landed_documents_to_chunks_with_settings_in_the_docs(
     def parents(name: str) -> set[str]:
         return {p.split(".")[-1] for p in nodes[f"model.retrieval_platform.{name}"]["depends_on"]["nodes"]}
 
-    assert parents("document_chunks") == {"documents", "chunking_settings"}
+    assert parents("document_chunks") == {"documents", "chunking_settings", "document_sections", "boilerplate_sections"}
     assert {"int_documents_normalized", "stg_docs__documents", "products"} <= parents("documents")
     assert "documents" in manifest["sources"]["source.retrieval_platform.docs.documents"]["unique_id"]
     assert parents("stg_docs__documents") == {"documents"}
