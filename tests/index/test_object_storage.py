@@ -29,6 +29,7 @@ from python_jobs.index.embed import embed
 from python_jobs.index.encoders import ModelFingerprint
 from python_jobs.index.objectstore import LeaseLostError, PointerConflictError, S3Objects
 from python_jobs.index.store import LEASE_OBJECT, LIVE_FILE, VectorIndex
+from tests.index.test_embed import assert_same_index
 from tests.s3server import S3Server, free_port
 from tests.worlds import SMALL_COMMITS, Workspace
 
@@ -67,16 +68,6 @@ def fingerprint_of(pointer) -> ModelFingerprint:
 
 def keys_of(index: VectorIndex) -> list[str]:
     return index.open_live().to_arrow().column("chunk_id").to_pylist()
-
-
-def assert_same_index(actual: dict[str, dict], expected: dict[str, dict]) -> None:
-    """Same chunk ids, hashes, metadata, model and (within float noise of batching) vectors."""
-    assert actual.keys() == expected.keys()
-    for chunk_id, row in actual.items():
-        other = expected[chunk_id]
-        for column in ("content_hash", "metadata_hash", "model_fingerprint", "owner", "text"):
-            assert row[column] == other[column], (chunk_id, column)
-        np.testing.assert_allclose(row["vector"], other["vector"], atol=1e-5, err_msg=chunk_id)
 
 
 def copy_prefix(s3: S3Server, source: str, name: str | None = None) -> str:
