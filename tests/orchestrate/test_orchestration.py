@@ -331,6 +331,8 @@ def test_dagster_dev_shows_the_index_and_the_evaluation_in_the_asset_graph(orche
                 page.screenshot(path=str(tmp_path / "knowledge-graph.png"))
                 index.click()  # its description and checks, in the side panel
                 page.get_by_text("The LanceDB index of document_chunks").first.wait_for(timeout=30_000)
+                # The panel's automation section (the sensor that starts the asset) loads after its description.
+                page.get_by_text("landing_zone", exact=True).first.wait_for(timeout=30_000)
                 panel = page.inner_text("body")
                 page.screenshot(path=str(tmp_path / "vector-index.png"))
             finally:
