@@ -6,7 +6,10 @@ Figures printed, not asserted:
   pipeline uses (`load_embedder(...).encode`), on N chunk texts of NFCorpus cut by the project's
   chunker. The backends take turns on each slice of texts (the order rotating), so a change of load
   on the shared cores hits them alike; the ratio to torch is given both as total time and as the
-  median of the per-slice ratios, with the load average before and after;
+  median of the per-slice ratios, with the load average before and after. One call per commit batch
+  (`commit_rows` texts), as the embed step calls the model; each backend batches by
+  `embedding.batch_size` inside the call. `--batch-sizes 32,16` measures torch and onnx-int8 again at
+  those batch sizes, the same way;
 - quality: cosine of each ONNX backend's vectors to torch's on those texts (min / p1 / p50) and over
   the whole corpus to `onnx` fp32; nDCG@10 of exact vector search on NFCorpus (test split) with
   each backend's vectors, the queries embedded by the same backend, chunks ranked by cosine and
@@ -21,10 +24,12 @@ Figures printed, not asserted:
 Example:
     python bench/bench_model.py
     make bench-model ARGS="--texts 400 --ann-rows 100000,1000000 --json"
+    make bench-model ARGS="--skip ndcg --skip ann --batch-sizes 32,16,4"
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -57,6 +62,7 @@ BACKENDS = ("torch", "onnx", "int8-v1", "onnx-int8")
 SEED = 7
 ENCODE_BLOCK = 256  # texts per encode call while filling the vector cache; the cache is saved every 8 blocks
 BATCH_DEPENDENCE_TEXTS = 32
+EXACT_TIMED_QUERIES = 30  # queries whose exact (full-scan) search is timed
 NOISE = 0.04  # per-dimension sigma of the noise added to real vectors: cosine ~0.79 to the vector it came from
 
 
@@ -70,6 +76,12 @@ class Speed:
     # A text's vector encoded alone against the same text encoded in its batch (min / p1 / p50): 1.0 unless
     # the vectors depend on the batch, as dynamic int8 quantization's shared activation scale makes them.
     alone_vs_batched: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class BatchSpeed:
+    batch_size: int  # texts per model call
+    speed: list[Speed] = field(default_factory=list)  # torch and onnx-int8
 
 
 @dataclass
@@ -101,7 +113,9 @@ class ModelBench(Summary):
     sample_texts: int
     load_before: list[float]
     load_after: list[float] = field(default_factory=list)
+    batch_size: int = 0  # embedding.batch_size of the `speed` figures
     speed: list[Speed] = field(default_factory=list)
+    batch_sizes: list[BatchSpeed] = field(default_factory=list)
     quality: list[Quality] = field(default_factory=list)
     ann: list[AnnFigures] = field(default_factory=list)
     seconds: float = 0.0
@@ -114,13 +128,14 @@ class ModelBench(Summary):
             f"NFCorpus: {self.documents:,} documents, {self.chunks:,} chunks; speed sample {self.sample_texts} texts; "
             f"load average {_load(self.load_before)} before, {_load(self.load_after)} after ({os.cpu_count()} cores)"
         ]
-        if self.speed:
+        runs = [BatchSpeed(self.batch_size, self.speed)] if self.speed else []
+        for run in [*runs, *self.batch_sizes]:
             lines += [
                 "",
-                "backend       texts/s  vs torch (total / paired median)  cosine to torch min / p1 / p50"
-                "   alone vs in a batch min / p50",
+                f"batch {run.batch_size:<3d}     texts/s  vs torch (total / paired median)  "
+                "cosine to torch min / p1 / p50   alone vs in a batch min / p50",
             ]
-            for s in self.speed:
+            for s in run.speed:
                 cosine = " / ".join(f"{s.cosine_to_torch[q]:.4f}" for q in ("min", "p1", "p50"))
                 alone = " / ".join(f"{s.alone_vs_batched[q]:.4f}" for q in ("min", "p50"))
                 lines.append(
@@ -370,7 +385,9 @@ def ann_figures(name: str, vectors: np.ndarray, queries: np.ndarray, workdir: Pa
 
     def search(exact: bool) -> tuple[np.ndarray, float]:
         found, times = [], []
-        for query in queries:
+        # Exact search only times the query (recall's truth is exact_top10, in numpy): a sample is enough,
+        # and a full scan of 1,000,000 rows per query would take the run's time.
+        for query in queries[:EXACT_TIMED_QUERIES] if exact else queries:
             started = time.perf_counter()
             builder = table.search(query, vector_column_name="vector").distance_type("cosine").limit(10)
             builder = builder.bypass_vector_index() if exact else ANN_SEARCH.apply(builder)
@@ -421,7 +438,7 @@ def ann_figures(name: str, vectors: np.ndarray, queries: np.ndarray, workdir: Pa
     help="Score these chunks ([doc_ids, texts] JSON) instead of cutting the corpus with the current chunker, "
     "e.g. an earlier chunker's, to compare with a figure published for it.",
 )
-@click.option("--texts", "sample_size", type=int, default=800, show_default=True, help="Texts in the speed sample.")
+@click.option("--texts", "sample_size", type=int, default=1024, show_default=True, help="Texts in the speed sample.")
 @click.option("--rounds", type=int, default=2, show_default=True, help="Passes over the speed sample.")
 @click.option(
     "--ndcg-backends",
@@ -430,6 +447,11 @@ def ann_figures(name: str, vectors: np.ndarray, queries: np.ndarray, workdir: Pa
     help="Backends whose NFCorpus vectors are scored (torch gives onnx's vectors: cosine >= 0.99999).",
 )
 @click.option("--ann-rows", default="100000", show_default=True, help="Comma-separated ANN table sizes.")
+@click.option(
+    "--batch-sizes",
+    default="",
+    help="Also measure torch and onnx-int8 at these texts per model call (comma-separated), e.g. 32,16,4.",
+)
 @click.option("--skip", multiple=True, type=click.Choice(["speed", "ndcg", "ann"]), help="Leave a part out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def main(
@@ -440,6 +462,7 @@ def main(
     rounds: int,
     ndcg_backends: str,
     ann_rows: str,
+    batch_sizes: str,
     skip: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -455,6 +478,7 @@ def main(
         doc_ids, texts = chunk_corpus(data, workdir)
     rng = np.random.default_rng(SEED)
     report = ModelBench(len(texts), len(set(doc_ids)), min(sample_size, len(texts)), list(os.getloadavg()))
+    report.batch_size = settings.embedding.batch_size
     cache_dir = workdir / "_models"
     loaded: dict[str, Backend] = {}
 
@@ -467,7 +491,16 @@ def main(
     if "speed" not in skip:
         sample = [texts[i] for i in rng.choice(len(texts), report.sample_texts, replace=False)]
         backends = {name: backend(name) for name in BACKENDS}
-        report.speed = measure_speed(backends, sample, rounds, 2 * settings.embedding.batch_size)
+        # One call per commit batch, as the pipeline's embed step calls the model (`_texts_in_commit_order`).
+        report.speed = measure_speed(backends, sample, rounds, settings.embedding.commit_rows)
+        for size in (int(b) for b in batch_sizes.split(",") if b.strip()):
+            at_size = dataclasses.replace(
+                settings, embedding=settings.embedding.model_copy(update={"batch_size": size})
+            )
+            pair = {name: Backend(name, at_size, cache_dir) for name in ("torch", "onnx-int8")}
+            report.batch_sizes.append(
+                BatchSpeed(size, measure_speed(pair, sample, rounds, settings.embedding.commit_rows))
+            )
 
     fp32_vectors = None
     if "ndcg" not in skip or "ann" not in skip:

@@ -8,6 +8,7 @@ changes one works on a copy (`world`, `Workspace.copy`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -136,6 +137,35 @@ def pending_world(indexed_world: Workspace, shared_dir: Path) -> Workspace:
     return shared_world(shared_dir, "pending", build)
 
 
+# --- the ops world: one green pipeline run ----------------------------------------------------
+
+# fts only: the pipeline's eval needs no model load; the small world answers few seeded
+# questions, so the release gates are replaced by one the tests choose.
+NO_GATES = "{eval: {modes: [fts], gates: []}}"
+
+
+def pipeline(ws: Workspace, vars: str = NO_GATES, **env: str) -> tuple[int, dict, str]:
+    """`rp pipeline --json` in ws: exit code, summary, stderr."""
+    ran = ws.job("pipeline", "--json", RP_VARS=vars, **env)
+    return ran.returncode, json.loads(ran.stdout), ran.stderr
+
+
+@pytest.fixture(scope="session")
+def ops_world(indexed_world: Workspace, shared_dir: Path) -> Workspace:
+    """The indexed world after one green `make pipeline` (its build state recorded, so the next
+    pipeline run in a copy builds only what changed); copy it before breaking anything."""
+
+    def build(ws: Workspace) -> None:
+        indexed_world.copy(ws.root)
+        code, summary, stderr = pipeline(ws)
+        assert code == 0, stderr
+        (ws.root / "pipeline-summary.json").write_text(json.dumps(summary), encoding="utf-8")
+
+    ws = shared_world(shared_dir, "ops", build)
+    ws.summary = json.loads((ws.root / "pipeline-summary.json").read_text(encoding="utf-8"))  # type: ignore[attr-defined]
+    return ws
+
+
 # --- a search world: public, internal and confidential documents, indexed -------------------
 
 
@@ -157,27 +187,36 @@ def search_world(built_world: Workspace, shared_dir: Path) -> Workspace:
     return shared_world(shared_dir, "search", build)
 
 
-# Modules by how long they take (seconds, measured serially on this 2-core machine), longest first, so
-# that with `--dist loadscope --no-loadscope-reorder` (make test) the long ones start first and the short
-# ones fill in at the end. Worker 1 starts with the pipeline module, which builds the built, indexed and
-# ops worlds; worker 2 starts with a module that needs no world, then builds the search world.
+# Modules by how long they take (seconds of setup + calls, from `--durations=0` on this 2-core machine),
+# longest first, so that with `--dist loadscope --no-loadscope-reorder` (make test) the long ones start
+# first and the short ones fill in at the end. Worker 1 starts with the pipeline module, which builds the
+# built, indexed and ops worlds; worker 2 starts with modules that need no world while it does, so
+# neither waits on the other's lock. A module left out runs after all of these: keep every module over
+# ~15 s listed.
 MODULE_ORDER = (
-    "observe/test_observability.py",  # ~200 s: the pipeline, green and broken
-    "evaluate/test_metrics.py",  # ~30 s, no world: ranx compiles its metrics once
-    "index/test_embed.py",  # ~180 s
-    "evaluate/test_eval.py",  # ~85 s, the search world
-    "land/test_bad_input.py",  # ~150 s
-    "orchestrate/test_orchestration.py",  # ~110 s, the indexed world: one Dagster run of the graph, dagster dev
-    "watch/test_watch.py",  # ~100 s, the indexed world: a watcher process, dbt in process, one pipeline run
-    "chunk/test_retrieval_dataset.py",  # ~70 s
-    "index/test_object_storage.py",  # ~50 s, the indexed and pending worlds: a moto server, one S3 embed, a kill -9
-    "transform/test_warehouse_build.py",  # ~45 s
-    "transform/test_warehouse_targets.py",  # ~20 s, the built world: one dbt run on the s3 target
-    "bench/test_generate_data.py",  # ~40 s
-    "chunk/test_chunker.py",  # ~40 s
-    "observe/test_serving_loop.py",  # ~35 s, the indexed world: one dbt build, eval, report
-    "search/test_retriever.py",  # ~20 s
-    "index/test_verify.py",  # ~15 s
+    "observe/test_observability.py",  # ~310 s: builds the built, indexed and ops worlds
+    "bench/test_generate_data.py",  # ~45 s, no world
+    "chunk/test_chunker.py",  # ~20 s, no world
+    "evaluate/test_metrics.py",  # ~10 s, no world: ranx compiles its metrics once
+    "index/test_embed.py",  # ~245 s, the indexed and pending worlds
+    "watch/test_watch.py",  # ~160 s, the indexed world: a watcher process, dbt in process, one pipeline run
+    "integrity/test_gate_and_guards.py",  # ~120 s
+    "land/test_bad_input.py",  # ~100 s
+    "evaluate/test_eval.py",  # ~95 s, builds the search world
+    "chunk/test_retrieval_dataset.py",  # ~95 s
+    "orchestrate/test_orchestration.py",  # ~90 s: one Dagster run of the graph, dagster dev
+    "index/test_ray_executor.py",  # ~80 s: a local Ray cluster
+    "integrity/test_alerts_and_terminal.py",  # ~70 s
+    "transform/test_warehouse_build.py",  # ~70 s
+    "index/test_edit_costs.py",  # ~35 s
+    "index/test_object_storage.py",  # ~25 s: a moto server, one S3 embed, a kill -9
+    "observe/test_serving_loop.py",  # ~20 s
+    "index/test_onnx_encoder.py",  # ~20 s
+    "index/test_verify.py",  # ~20 s
+    "search/test_retriever.py",  # ~15 s
+    "transform/test_warehouse_targets.py",  # ~15 s: one dbt run on the s3 target
+    "integrity/test_pii_and_chunks.py",  # ~15 s
+    "serve/test_serve_cli.py",  # ~15 s
 )
 
 

@@ -157,7 +157,9 @@ class Bounds:
 
 @dataclass(frozen=True)
 class Piece:
-    """A chunk's text as a span of the section: `start` includes the overlap taken from the chunk before."""
+    """A chunk's text as a span of the section: `start` includes the overlap taken from the chunk before
+    (none when the chunk starts a paragraph: the context breaks there already, and text carried over a
+    paragraph break would make an inserted paragraph change the chunk after it too)."""
 
     start: int
     end: int
@@ -205,7 +207,7 @@ def layout(text: str, bounds: Bounds, counter: TokenCounter) -> list[Piece]:
     positions = units.positions
     for n, (first, last, forced) in enumerate(ranges):
         start, tokens = units.start[first], positions[last] - positions[first]
-        if n and bounds.overlap:
+        if n and bounds.overlap and text.count("\n", units.end[first - 1], start) < 2:
             start, tokens = _with_overlap(text, units, ranges[n - 1][0], first, last, bounds, count)
         pieces.append(Piece(start, units.end[last - 1], tokens, forced))
     return pieces

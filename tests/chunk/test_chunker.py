@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -208,6 +209,30 @@ def test_ids_come_from_the_text_so_chunks_after_an_insertion_keep_theirs():
     assert new and new[0].text.startswith(inserted) and len(new) <= 2  # its chunk, and one neighbour at most
     assert len(after) - len(new) >= len(before) - 2
     assert all(c.chunk_id.startswith(f"man-1:{c.section_id}:") for c in after)
+
+
+def test_overlap_carries_context_inside_a_paragraph_but_not_across_a_paragraph_break():
+    sentences = [
+        f"Step {n} of the descaling cycle runs the pump for {n * 7} seconds at low pressure." for n in range(40)
+    ]
+    one_paragraph = " ".join(sentences)
+    paragraphs = "\n\n".join(" ".join(sentences[n : n + 4]) for n in range(0, 40, 4))
+
+    inside = SMALL.chunk("d", "T", one_paragraph)
+    assert len(inside) > 3
+    assert all(before.text[-20:] in after.text for before, after in itertools.pairwise(inside))  # overlapped
+
+    across = SMALL.chunk("d", "T", paragraphs)
+    starts = [c for c in across[1:] if paragraphs[: c.start].endswith("\n\n")]
+    assert starts  # some chunks start a paragraph: they begin with it, nothing carried over
+    assert all(c.text.startswith("Step ") and paragraphs[c.start - 2 : c.start] == "\n\n" for c in starts)
+
+    # so a paragraph inserted before such a chunk changes no other chunk than its own
+    cut = starts[0].start
+    edited = paragraphs[:cut] + "A new paragraph: rinse the tank twice before the first cycle.\n\n" + paragraphs[cut:]
+    old_texts = {c.text for c in across}
+    changed = [c.text for c in SMALL.chunk("d", "T", edited) if c.text not in old_texts]
+    assert len(changed) == 1 and "A new paragraph" in changed[0]
 
 
 def test_chunk_ids_and_hashes_are_the_same_in_another_process():

@@ -77,7 +77,7 @@ def test_a_typo_in_rp_vars_names_the_closest_setting():
 
 
 def test_a_typo_in_the_project_vars_names_the_closest_setting(tmp_path):
-    project = project_with(tmp_path, "batch_size: 32", "batch_sise: 32")
+    project = project_with(tmp_path, "batch_size: 8", "batch_sise: 8")
     assert load_error(project_dir=project, env={}) == f"{TYPO_MESSAGE} (in dbt_project.yml vars)"
 
 
@@ -210,8 +210,8 @@ def test_eval_gates_are_parsed_and_bad_ones_name_the_entry():
 def test_rp_vars_override_dbt_vars_key_by_key():
     settings = Settings.load(env={"RP_VARS": "{embedding: {commit_rows: 8}}"})
     assert settings.embedding.commit_rows == 8
-    assert settings.embedding.batch_size == 32  # the rest of vars.embedding still comes from dbt_project.yml
-    assert settings.dbt_vars() is not None and '"batch_size": 32' in settings.dbt_vars()
+    assert settings.embedding.batch_size == 8  # the rest of vars.embedding still comes from dbt_project.yml
+    assert settings.dbt_vars() is not None and '"batch_size": 8' in settings.dbt_vars()
     with pytest.raises(ConfigError, match="RP_VARS must be a mapping"):
         Settings.load(env={"RP_VARS": "[1, 2]"})
 

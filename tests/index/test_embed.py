@@ -276,7 +276,7 @@ def test_failing_upstream_test_blocks_indexing_unless_forced(indexed_world, tmp_
     price_match = ws.landing / "docs" / "faq" / "faq-price-match.md"
     price_match.write_text(price_match.read_text() + "\n## Contact\n\nWrite to jane.doe@example.com for help.\n")
     ws.ingest(check=True)
-    assert ws.job("dbt", "build", *SKIP_OPS).returncode == 1  # no_pii fails at error level
+    assert ws.job("dbt", "build", "--select", "stg_docs__documents+", *SKIP_OPS).returncode == 1  # no_pii fails
     ws.job("dbt", "show", "--inline", "select 1", check=True)  # overwrites run_results.json
 
     blocked = ws.job("embed")
@@ -318,7 +318,9 @@ def test_model_change_builds_beside_the_live_index_and_swaps_when_complete(index
         "chunk_overlap_tokens": 24,
         "shared_section_headings": ["Legal notice"],
     }
-    ws.dbt("build", "--vars", json.dumps({"retrieval": retrieval}), check=True)
+    # The model reaches the documents through chunking_settings: rebuild it and everything after it.
+    rechunk = ("--select", "chunking_settings+", *SKIP_OPS, "--vars", json.dumps({"retrieval": retrieval}))
+    ws.dbt("build", *rechunk, check=True)
 
     killed = ws.job("embed", RP_FAILPOINT="before_publish")
     assert killed.returncode == -signal.SIGKILL

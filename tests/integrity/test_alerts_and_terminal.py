@@ -25,6 +25,7 @@ from python_jobs.common.errors import ConfigError
 from python_jobs.common.settings import ENV_ALERT_WEBHOOK_URL, ENV_VARS, Settings, workspace_env
 from python_jobs.observe.alerts import Alert, send
 from python_jobs.transform import results as dbt_results
+from tests.conftest import NO_GATES
 from tests.integrity import test_index_integrity as index_promises
 from tests.worlds import Webhook, Workspace
 
@@ -51,11 +52,12 @@ updated_at: 2026-10-01T09:00:00Z
 
 Write to {PII_EMAIL} or call {PII_PHONE} and ask for the refunds desk.
 """
-# fts only and no gates: the pipeline stops at the build anyway.
-NO_GATES = "{eval: {modes: [fts], gates: []}}"
 
 
-def test_pii_in_the_failing_rows_of_a_sensitive_test_is_masked_in_every_copy(world: Workspace):
+def test_pii_in_the_failing_rows_of_a_sensitive_test_is_masked_in_every_copy(ops_world: Workspace, tmp_path):
+    # From the green pipeline's world: the same vars, its build state recorded, so this run builds the
+    # document chain only (fts only and no gates: the pipeline stops at the build anyway).
+    world = ops_world.copy(tmp_path / "ws")
     (world.landing / "docs" / "faq" / f"{PII_DOC_ID}.md").write_text(PII_DOC, encoding="utf-8")
     hook = Webhook()
     try:

@@ -25,37 +25,14 @@ from python_jobs.index import snapshot as index_snapshot
 from python_jobs.index.store import VectorIndex
 from python_jobs.observe.alerts import read_alerts
 from python_jobs.transform import results as dbt_results
-from tests.conftest import shared_world
+from tests.conftest import pipeline
 from tests.worlds import PROJECT_DIR, Webhook, Workspace
 
-# fts only: the pipeline's eval needs no model load; the small world answers few seeded
-# questions, so the release gates are replaced by one the tests choose.
-NO_GATES = "{eval: {modes: [fts], gates: []}}"
 DUPLICATED_TEST = "unique_stg_shop__customers_customer_id"
-
-
-def pipeline(ws: Workspace, vars: str = NO_GATES, **env: str) -> tuple[int, dict, str]:
-    ran = ws.job("pipeline", "--json", RP_VARS=vars, **env)
-    return ran.returncode, json.loads(ran.stdout), ran.stderr
 
 
 def steps(summary: dict) -> dict[str, str]:
     return {step["step"]: step["status"] for step in summary["steps"]}
-
-
-@pytest.fixture(scope="session")
-def ops_world(indexed_world: Workspace, shared_dir: Path) -> Workspace:
-    """The indexed world after one green `make pipeline`; copy it before breaking anything."""
-
-    def build(ws: Workspace) -> None:
-        indexed_world.copy(ws.root)
-        code, summary, stderr = pipeline(ws)
-        assert code == 0, stderr
-        (ws.root / "pipeline-summary.json").write_text(json.dumps(summary), encoding="utf-8")
-
-    ws = shared_world(shared_dir, "ops", build)
-    ws.summary = json.loads((ws.root / "pipeline-summary.json").read_text(encoding="utf-8"))  # type: ignore[attr-defined]
-    return ws
 
 
 @pytest.fixture
