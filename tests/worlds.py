@@ -235,12 +235,14 @@ def edit_section(path: Path, heading: str, new_text: str) -> None:
 # The ops marts (a third of a build) read the jobs' ledgers, not the landed data: a test about the data
 # leaves them out. The pipeline and observability tests build them.
 SKIP_OPS = ("--exclude", "tag:ops")
+# The landed documents and everything built from them (what `make chunks` builds), ops marts aside.
+DOCUMENT_CHAIN = ("--select", "stg_docs__documents+", *SKIP_OPS)
 
 
 def rebuild(ws: Workspace) -> None:
     """Land the changed documents and build the document chain (what `make chunks` builds), ops marts aside."""
     ws.ingest(check=True)
-    ws.dbt("build", "--select", "stg_docs__documents+", *SKIP_OPS, check=True)
+    ws.dbt("build", *DOCUMENT_CHAIN, check=True)
 
 
 # --- a search world: public, internal and confidential documents, indexed -------------------

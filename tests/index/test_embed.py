@@ -17,6 +17,7 @@ import pytest
 from python_jobs.index.embed import BudgetExceededError, EmbedOptions, embed
 from python_jobs.index.store import VectorIndex
 from tests.worlds import (
+    DOCUMENT_CHAIN,
     EDITED_SECTION,
     SKIP_OPS,
     SMALL_COMMITS,
@@ -276,7 +277,7 @@ def test_failing_upstream_test_blocks_indexing_unless_forced(indexed_world, tmp_
     price_match = ws.landing / "docs" / "faq" / "faq-price-match.md"
     price_match.write_text(price_match.read_text() + "\n## Contact\n\nWrite to jane.doe@example.com for help.\n")
     ws.ingest(check=True)
-    assert ws.job("dbt", "build", "--select", "stg_docs__documents+", *SKIP_OPS).returncode == 1  # no_pii fails
+    assert ws.job("dbt", "build", *DOCUMENT_CHAIN).returncode == 1  # no_pii fails at error level
     ws.job("dbt", "show", "--inline", "select 1", check=True)  # overwrites run_results.json
 
     blocked = ws.job("embed")

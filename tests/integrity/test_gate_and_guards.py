@@ -19,7 +19,7 @@ from python_jobs.index.embed import EmbedOptions, MassDeleteError, embed
 from python_jobs.index.gate import QualityGateError
 from python_jobs.search.filters import FilterError, Filters
 from python_jobs.search.retriever import Retriever
-from tests.worlds import SKIP_OPS, Workspace
+from tests.worlds import DOCUMENT_CHAIN, SKIP_OPS, Workspace
 
 PII = "\n## Contact\n\nWrite to jane.doe@example.com or call 555-123-4567 for help.\n"
 
@@ -39,7 +39,7 @@ def test_gate_binds_to_the_tested_state_of_the_chunks(indexed_world, tmp_path):
     clean = price_match.read_text()
     price_match.write_text(clean + PII)
     ws.ingest(check=True)
-    assert ws.dbt("build", "--select", "stg_docs__documents+", *SKIP_OPS).returncode == 1  # no_pii fails at error level
+    assert ws.dbt("build", *DOCUMENT_CHAIN).returncode == 1  # no_pii fails at error level
 
     # The runbook's diagnosis command and a dbt show leave green artifacts of their own.
     ws.dbt("build", "--select", "stg_shop__customers", check=True)

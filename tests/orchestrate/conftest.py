@@ -18,11 +18,9 @@ import dagster as dg
 import pytest
 
 from python_jobs.orchestrate.definitions import build_definitions
-from tests.conftest import shared_world
+from tests.conftest import NO_GATES, shared_world
 from tests.worlds import PROJECT_DIR, Workspace
 
-# fts only, no gates: the small world answers few of the seeded questions (as tests/observe does).
-NO_GATES = "{eval: {modes: [fts], gates: []}}"
 INSTANCE_CONFIG = PROJECT_DIR / "python_jobs" / "orchestrate" / "dagster.yaml"
 DELIVERED = "faq/faq-price-match.md"  # delivered again with another owner: a metadata-only change
 

@@ -29,6 +29,7 @@ from python_jobs.watch.cycle import CycleContext, run_cycle
 from python_jobs.watch.watcher import relevant
 from tests.conftest import shared_world
 from tests.worlds import (
+    DOCUMENT_CHAIN,
     EDITED_SECTION,
     KETTLE,
     PROJECT_DIR,
@@ -211,7 +212,7 @@ def test_a_stopped_or_killed_cycle_is_finished_by_the_next_run_as_a_batch_run_wo
 
     # The batch path on the same edits: the same chunks, and the same index rows.
     batch.ingest(check=True)
-    batch.dbt("build", "--select", "stg_docs__documents+", "--exclude", "tag:ops", check=True)
+    batch.dbt("build", *DOCUMENT_CHAIN, check=True)
     embed(batch.settings())
     chunks = "select * from knowledge.document_chunks order by chunk_id"
     assert ws.query(chunks) == batch.query(chunks)
